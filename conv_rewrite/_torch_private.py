@@ -1,0 +1,59 @@
+"""Every use of a private PyTorch API, in one place, with the versions it was checked on (2.11, 2.13)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def fake_mode_of(value: torch.Tensor | None) -> Any:
+    """The FakeTensorMode a traced value belongs to, or a fresh one that accepts real tensors.
+
+    ``FakeTensor.fake_mode`` and ``FakeTensorMode(allow_non_fake_inputs=...)``: torch._subclasses, stable 2.6-2.13.
+    """
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    if isinstance(value, FakeTensor):
+        return value.fake_mode
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def same_fake_mode(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``values`` as fake tensors of the first one's mode: others are re-created there with their metadata."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    mode = fake_mode_of(values[0])
+    out = []
+    for v in values:
+        if isinstance(v, FakeTensor) and v.fake_mode is mode:
+            out.append(v)
+        elif not isinstance(v, FakeTensor):
+            out.append(mode.from_tensor(v))
+        else:
+            with mode:
+                out.append(torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device))
+    return out
+
+
+def conv_returns_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether a stride == kernel conv of ``x`` returns the channels-last layout (1-d: (B, O, L) with O innermost).
+
+    Eager: ask ATen as FakeTensor does (``torch._C._select_conv_backend``,
+    ``torch._C._conv_determine_backend_memory_format``: same signatures on 2.11 and 2.13; ATen runs a 1-d conv as a
+    2-d one on a contiguous input). While tracing they cannot be called; there the rule of cuDNN and oneDNN holds:
+    channels-last input or weight, channels-last output.
+    """
+    dims = weight.dim() - 2
+    weight_2d = weight.unsqueeze(2) if dims == 1 else weight
+    if torch.compiler.is_compiling():
+        fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
+        inputs = (weight_2d,) if dims == 1 else (x, weight)
+        return any(t.is_contiguous(memory_format=fmt) and not t.is_contiguous() for t in inputs)
+    zeros = [0] * dims
+    backend = torch._C._select_conv_backend(x, weight, bias, list(weight.shape[2:]), zeros, [1] * dims, False, zeros, 1)
+    x_2d = x
+    if dims == 1:
+        x_2d = x.unsqueeze(-2) if x.is_contiguous() else torch.empty(x.shape[:-1] + (1, x.shape[-1]), device="meta")
+    fmt = torch._C._conv_determine_backend_memory_format(x_2d, weight_2d, backend)
+    return fmt in (torch.channels_last, torch.channels_last_3d)

@@ -1,0 +1,259 @@
+"""Normalize: read any FX node that computes a convolution into one immutable ``ConvCall``.
+
+Graphs hold a conv as an nn.ConvNd ``call_module``, a torch/F.convNd call, or an ATen overload
+(DESIGN.md section 2); everything downstream sees only the normalized form.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx
+import torch.nn as nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+aten = torch.ops.aten
+
+Shape = tuple[Any, ...]
+
+
+def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+    """torch.convNd / F.convNd / aten.convNd (.default and .padding)."""
+
+
+def _conv_transpose_signature(
+    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1  # noqa: A002
+):
+    """torch.conv_transposeNd / aten.conv_transposeNd."""
+
+
+def _convolution_signature(
+    input, weight, bias, stride, padding, dilation, transposed, output_padding, groups, *backend_flags  # noqa: A002
+):
+    """torch.convolution / aten.convolution / aten._convolution."""
+
+
+_SIGNATURES = {
+    "conv": inspect.signature(_conv_signature),
+    "conv_transpose": inspect.signature(_conv_transpose_signature),
+    "convolution": inspect.signature(_convolution_signature),
+}
+
+# target -> (signature, spatial dims; None where only the weight's rank tells)
+_TORCH_TARGETS: dict[Callable[..., Any], tuple[str, int | None]] = {
+    torch.conv1d: ("conv", 1),
+    torch.conv2d: ("conv", 2),
+    torch.conv3d: ("conv", 3),
+    torch.conv_transpose1d: ("conv_transpose", 1),
+    torch.conv_transpose2d: ("conv_transpose", 2),
+    torch.conv_transpose3d: ("conv_transpose", 3),
+    torch.convolution: ("convolution", None),
+}
+_ATEN_TARGETS: dict[Any, tuple[str, int | None]] = {
+    aten.convolution.default: ("convolution", None),
+    aten._convolution.default: ("convolution", None),
+    aten.conv1d.default: ("conv", 1),
+    aten.conv2d.default: ("conv", 2),
+    aten.conv3d.default: ("conv", 3),
+    aten.conv1d.padding: ("conv", 1),
+    aten.conv2d.padding: ("conv", 2),
+    aten.conv3d.padding: ("conv", 3),
+    aten.conv_transpose1d.default: ("conv_transpose", 1),
+    aten.conv_transpose2d.input: ("conv_transpose", 2),
+    aten.conv_transpose3d.input: ("conv_transpose", 3),
+}
+_MODULE_BASES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass(frozen=True)
+class ConvOperands:
+    """The graph values a replacement reads: input, weight and bias as FX nodes (or None for no bias).
+
+    For an nn.ConvNd ``call_module`` the weight and bias are the module's attributes, named by ``module_target``.
+    """
+
+    x: Any
+    weight: Any = None
+    bias: Any = None
+    module_target: str | None = None
+    has_bias: bool = False
+
+
+@dataclass(frozen=True)
+class ConvCall:
+    """One convolution as the decision sees it. Shapes hold ints, or strings for symbolic sizes."""
+
+    node: str
+    module: str | None
+    op: str
+    dims: int | None
+    input_shape: Shape | None
+    dtype: str | None
+    kernel: tuple[int, ...] | None
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
+    groups: int
+    transposed: bool
+    output_padding: tuple[int, ...] = ()
+    padding_mode: str = "zeros"
+    out_channels: int | None = None
+    level: str = "torch"
+    overridden_forward: str | None = None
+    operands: ConvOperands = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+
+def tensor_info(node: Any) -> tuple[Shape, Shape | None, torch.dtype] | None:
+    """(shape, stride, dtype) recorded on a node by Dynamo, make_fx/export or ShapeProp; None when unknown."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    for key in ("val", "example_value"):
+        value = node.meta.get(key)
+        if isinstance(value, torch.Tensor):
+            return tuple(value.shape), tuple(value.stride()), value.dtype
+    tm = node.meta.get("tensor_meta")
+    if tm is not None and hasattr(tm, "shape"):
+        return tuple(tm.shape), tuple(tm.stride), tm.dtype
+    return None
+
+
+def _static(size: Any) -> Any:
+    """An int for a concrete size, the symbol's text for a symbolic one."""
+    if isinstance(size, torch.SymInt):
+        return int(size) if is_concrete_int(size) else str(size)
+    return int(size)
+
+
+def _tuple(value: Any, dims: int) -> tuple[int, ...]:
+    """Broadcast an int or a 1-element list to ``dims`` entries, as ATen does."""
+    if isinstance(value, (list, tuple)):
+        values = tuple(_static(v) for v in value)
+        return values * dims if len(values) == 1 and dims > 1 else values
+    return (_static(value),) * dims
+
+
+def _module_path(node: torch.fx.Node) -> str | None:
+    """The fqn of the nn.Module a node came from: Dynamo and export record it in ``nn_module_stack``."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    path = re.sub(r"^L\['[^']*'\]\.?", "", str(path))
+    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    return re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path).lstrip(".") or None
+
+
+def _overridden_forward(module: nn.Module) -> str | None:
+    """The class name when an nn.ConvNd subclass replaces the forward (its forward may do more than the conv)."""
+    cls = type(module)
+    for base in _MODULE_BASES:
+        if isinstance(module, base):
+            same = all(getattr(cls, name, None) is getattr(base, name, None) for name in ("forward", "_conv_forward"))
+            return None if same else cls.__name__
+    return None
+
+
+def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | None:
+    try:
+        module = gm.get_submodule(str(node.target))
+    except AttributeError:
+        return None
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        return None
+    dims = len(module.kernel_size)
+    info = tensor_info(node.args[0]) if node.args else None
+    padding = module.padding if isinstance(module.padding, str) else _tuple(module.padding, dims)
+    return ConvCall(
+        node=node.name,
+        module=str(node.target),
+        op=f"nn.{type(module).__name__}",
+        dims=dims,
+        input_shape=tuple(_static(s) for s in info[0]) if info else None,
+        dtype=str(info[2]).replace("torch.", "") if info else str(module.weight.dtype).replace("torch.", ""),
+        kernel=tuple(module.kernel_size),
+        stride=_tuple(module.stride, dims),
+        padding="valid" if padding == "valid" else padding,
+        dilation=_tuple(module.dilation, dims),
+        groups=module.groups,
+        transposed=module.transposed,
+        output_padding=_tuple(module.output_padding, dims),
+        padding_mode=module.padding_mode,
+        out_channels=module.out_channels,
+        level="module",
+        overridden_forward=_overridden_forward(module),
+        operands=ConvOperands(
+            x=node.args[0] if node.args else node.kwargs.get("input"),
+            module_target=str(node.target),
+            has_bias=module.bias is not None,
+        ),
+    )
+
+
+def _weight_shape(weight: Any, gm: torch.fx.GraphModule) -> Shape | None:
+    if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
+        try:
+            return tuple(_attr(gm, str(weight.target)).shape)
+        except AttributeError:
+            return None
+    info = tensor_info(weight)
+    return info[0] if info else None
+
+
+def _attr(gm: torch.fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, kind: str, dims: int | None) -> ConvCall:
+    bound = _SIGNATURES[kind].bind(*node.args, **node.kwargs).arguments
+    weight = bound["weight"]
+    weight_shape = _weight_shape(weight, gm)
+    if dims is None:
+        dims = len(weight_shape) - 2 if weight_shape is not None else None
+    n = dims or 1
+    kernel = tuple(_static(s) for s in weight_shape[2:]) if weight_shape is not None else None
+    if kernel is not None and not all(isinstance(k, int) for k in kernel):
+        kernel = None
+    transposed = kind == "conv_transpose" or bool(bound.get("transposed", False))
+    padding = bound.get("padding", 0)
+    info = tensor_info(bound["input"])
+    op = f"aten.{node.target.__name__}" if level == "aten" else f"torch.{node.target.__name__}"
+    return ConvCall(
+        node=node.name,
+        module=_module_path(node),
+        op=op,
+        dims=dims,
+        input_shape=tuple(_static(s) for s in info[0]) if info else None,
+        dtype=str(info[2]).replace("torch.", "") if info else None,
+        kernel=kernel,
+        stride=_tuple(bound.get("stride", 1), n),
+        padding=padding if isinstance(padding, str) else _tuple(padding, n),
+        dilation=_tuple(bound.get("dilation", 1), n),
+        groups=_static(bound.get("groups", 1)),
+        transposed=transposed,
+        output_padding=_tuple(bound.get("output_padding", 0), n),
+        out_channels=_static(weight_shape[1 if transposed else 0]) if weight_shape is not None else None,
+        level=level,
+        operands=ConvOperands(x=bound["input"], weight=weight, bias=bound.get("bias"), has_bias=bound.get("bias") is not None),
+    )
+
+
+def conv_call(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | None:
+    """The ConvCall for ``node``, or None when the node computes no convolution."""
+    if node.op == "call_module":
+        return _from_module(node, gm)
+    if node.op != "call_function":
+        return None
+    if node.target in _ATEN_TARGETS:
+        return _from_function(node, gm, "aten", *_ATEN_TARGETS[node.target])
+    if node.target in _TORCH_TARGETS:
+        return _from_function(node, gm, "torch", *_TORCH_TARGETS[node.target])
+    return None

@@ -1,0 +1,35 @@
+"""Options shared by every entry point, validated in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+POLICIES = ("always", "never")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the rewrite behaves.
+
+    policy: "always" rewrites every conv that qualifies; "never" only reports what it would rewrite.
+    """
+
+    policy: str = "always"
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; valid policies: {', '.join(POLICIES)}")
+
+
+def make_options(options: Options | dict[str, Any] | None = None, **kwargs: Any) -> Options:
+    """Build Options from an Options object, a dict and/or keywords; unknown names raise ValueError."""
+    if options is not None and not isinstance(options, (Options, dict)):
+        raise TypeError(f"options must be a conv_rewrite.Options or a dict, got {type(options).__name__}")
+    base = dict(options.__dict__ if isinstance(options, Options) else options or {})
+    base.update(kwargs)
+    valid = [f.name for f in fields(Options)]
+    unknown = sorted(set(base) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown conv_rewrite option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}")
+    return Options(**base)

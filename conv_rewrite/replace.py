@@ -1,0 +1,92 @@
+"""Replace: swap one conv node for the patchify GEMM, at the level the graph is written in.
+
+Torch-level graphs (symbolic_trace, Dynamo) get one call of the pure function; ATen-level graphs (make_fx,
+torch.export, AOT/post-grad) get the ATen ops that function traces to, each with a valid ``meta['val']``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.fx
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from .conv_call import ConvCall
+from .patchify import patchify_conv, patchify_conv_like_conv
+from ._torch_private import fake_mode_of, same_fake_mode
+
+# Output layouts a replacement can be asked for.
+FREE, CONTIGUOUS, AS_CONV = "free view", "contiguous", "as conv at run time"
+
+_KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "seq_nr")
+
+
+def _function_for(layout: str) -> Any:
+    if layout == AS_CONV:
+        return patchify_conv_like_conv
+    return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS)
+
+
+def _recorded(node: Any) -> Any:
+    for key in ("val", "example_value"):
+        if isinstance(node, torch.fx.Node) and key in node.meta:
+            return key, node.meta[key]
+    return None, None
+
+
+def _operand_nodes(gm: torch.fx.GraphModule, call: ConvCall) -> list[Any]:
+    ops = call.operands
+    if call.level != "module":
+        return [ops.x, ops.weight] + ([ops.bias] if ops.has_bias else [])
+    weight = gm.graph.get_attr(f"{ops.module_target}.weight")
+    bias = gm.graph.get_attr(f"{ops.module_target}.bias") if ops.has_bias else None
+    return [ops.x, weight] + ([bias] if bias is not None else [])
+
+
+def replace_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall, layout: str) -> torch.fx.Node:
+    """Replace ``node`` by the patchify GEMM with the given output ``layout``; returns the node producing it."""
+    fn = _function_for(layout)
+    with gm.graph.inserting_before(node):
+        operands = _operand_nodes(gm, call)
+        if call.level == "aten":
+            new = _insert_aten(gm, node, fn, operands)
+        else:
+            new = gm.graph.call_function(fn, tuple(operands))
+            key, value = _recorded(node)
+            if key is not None:
+                new.meta[key] = _fake_run(fn, operands)
+    for name in _KEPT_META:
+        if name in node.meta and name not in new.meta:
+            new.meta[name] = node.meta[name]
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return new
+
+
+def _fake_values(operands: list[Any]) -> list[Any]:
+    """The operands' recorded values as fake tensors of one mode (make_fx records each in a mode of its own)."""
+    values = [_recorded(n)[1] for n in operands]
+    if any(not isinstance(v, torch.Tensor) for v in values):
+        raise LookupError("an operand has no recorded value")
+    return same_fake_mode(values)
+
+
+def _fake_run(fn: Any, operands: list[Any]) -> Any:
+    """The replacement's output as a fake value, for the meta of a torch-level node; None when unknown."""
+    try:
+        values = _fake_values(operands)
+    except LookupError:
+        return None
+    with fake_mode_of(values[0]):
+        return fn(*values)
+
+
+def _insert_aten(gm: torch.fx.GraphModule, node: torch.fx.Node, fn: Any, operands: list[Any]) -> torch.fx.Node:
+    """Trace ``fn`` to ATen on the operands' fake values and copy its nodes in before ``node``."""
+    values = _fake_values(operands)
+    with fake_mode_of(values[0]):
+        traced = make_fx(fn, tracing_mode="real")(*values)
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    return gm.graph.graph_copy(traced.graph, dict(zip(placeholders, operands)))

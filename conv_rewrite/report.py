@@ -1,0 +1,146 @@
+"""Report: one row per conv found, what it is and what was decided, as a table or as plain data."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from tabulate import tabulate
+
+from .conv_call import ConvCall
+from .decide import Decision
+
+REWRITTEN, SKIPPED = "rewritten", "skipped"
+
+
+def _gemm(call: ConvCall) -> tuple[Any, Any, Any] | None:
+    """(M, K, N) of the GEMM a rewritten conv becomes; M is None when the input's size is not static."""
+    if call.kernel is None:
+        return None
+    shape = call.input_shape
+    m = None
+    channels = None
+    if shape is not None and all(isinstance(s, int) for s in shape):
+        batch = shape[0] if len(shape) == len(call.kernel) + 2 else 1
+        channels = shape[-len(call.kernel) - 1]
+        m = batch * math.prod(s // k for s, k in zip(shape[-len(call.kernel):], call.kernel))
+    elif shape is not None and isinstance(shape[-len(call.kernel) - 1], int):
+        channels = shape[-len(call.kernel) - 1]
+    k = channels * math.prod(call.kernel) if channels is not None else None
+    return (m, k, call.out_channels)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """What one conv is and what happened to it."""
+
+    node: str
+    module: str | None
+    op: str
+    dims: int | None
+    input_shape: tuple[Any, ...] | None
+    dtype: str | None
+    kernel: tuple[int, ...] | None
+    stride: tuple[int, ...]
+    padding: tuple[int, ...] | str
+    dilation: tuple[int, ...]
+    groups: int
+    transposed: bool
+    decision: str
+    reason: str
+    output_layout: str | None = None
+    gemm: tuple[Any, Any, Any] | None = None
+    graph: str | None = None
+
+    @classmethod
+    def of(cls, call: ConvCall, decision: Decision, layout: str | None, graph: str | None = None) -> "ReportRow":
+        return cls(
+            node=call.node,
+            module=call.module,
+            op=call.op,
+            dims=call.dims,
+            input_shape=call.input_shape,
+            dtype=call.dtype,
+            kernel=call.kernel,
+            stride=call.stride,
+            padding=call.padding,
+            dilation=call.dilation,
+            groups=call.groups,
+            transposed=call.transposed,
+            decision=REWRITTEN if decision.rewrite else SKIPPED,
+            reason=decision.reason,
+            output_layout=layout if decision.rewrite else None,
+            gemm=_gemm(call) if decision.rewrite else None,
+            graph=graph,
+        )
+
+    @property
+    def rewritten(self) -> bool:
+        return self.decision == REWRITTEN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, tuple):
+        return "(" + ", ".join("?" if v is None else str(v) for v in value) + ")"
+    return str(value)
+
+
+class Report:
+    """The rows of every conv that a rewrite (or several graphs of one compile) saw."""
+
+    columns = ("module", "op", "input_shape", "kernel", "stride", "padding", "dilation", "groups",
+               "decision", "reason", "output_layout", "gemm")
+    headers = ("module / node", "op", "input", "kernel", "stride", "padding", "dilation", "groups",
+               "decision", "reason", "output", "GEMM (M, K, N)")
+
+    def __init__(self, rows: list[ReportRow] | None = None):
+        self.rows: list[ReportRow] = list(rows or [])
+
+    def __iter__(self) -> Iterator[ReportRow]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> ReportRow:
+        return self.rows[index]
+
+    def extend(self, other: "Report") -> None:
+        self.rows.extend(other.rows)
+
+    @property
+    def rewritten(self) -> list[ReportRow]:
+        return [r for r in self.rows if r.rewritten]
+
+    @property
+    def skipped(self) -> list[ReportRow]:
+        return [r for r in self.rows if not r.rewritten]
+
+    def summary(self) -> str:
+        """One line: how many convs were rewritten and skipped."""
+        return f"{len(self.rewritten)} of {len(self.rows)} conv(s) rewritten, {len(self.skipped)} skipped"
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [row.to_dict() for row in self.rows]
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dicts(), **kwargs)
+
+    def table(self, tablefmt: str = "simple") -> str:
+        body = [
+            [row.module or row.node] + [_cell(getattr(row, c)) for c in self.columns[1:]] for row in self.rows
+        ]
+        return tabulate(body, headers=self.headers, tablefmt=tablefmt)
+
+    def __str__(self) -> str:
+        return self.table() if self.rows else "no convolutions found"
+
+    def __repr__(self) -> str:
+        return f"<conv_rewrite.Report: {self.summary()}>"

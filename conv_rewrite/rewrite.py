@@ -1,0 +1,72 @@
+"""The FX transform: normalize -> decide -> plan the output layout -> replace -> report, for every conv node."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.fx
+
+from .conv_call import ConvCall, conv_call, tensor_info
+from .decide import Decision, decide
+from .layout import contiguous_strides, free_strides, layout_is_observed, same_layout
+from .options import Options, make_options
+from .replace import AS_CONV, CONTIGUOUS, FREE, replace_conv
+from .report import Report, ReportRow
+from ._torch_private import fake_mode_of
+
+log = logging.getLogger("conv_rewrite")
+
+
+def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -> tuple[str | None, str]:
+    """The output layout the replacement must produce, or (None, reason) when none reproduces the conv's."""
+    info = tensor_info(node)
+    if info is None:
+        if call.level == "aten":
+            return None, "no meta['val'] on the ATen node: the replacement cannot be traced"
+        return AS_CONV, ""
+    shape, stride, dtype = info
+    free = free_strides(shape, call.dims)
+    if same_layout(shape, stride, free):
+        return FREE, ""
+    recorded = node.meta.get("val", node.meta.get("example_value"))
+    device = recorded.device if isinstance(recorded, torch.Tensor) else None
+    with fake_mode_of(recorded if isinstance(recorded, torch.Tensor) else None):
+        free_value = torch.empty_strided(shape, free, dtype=dtype, device=device)
+    if not layout_is_observed(gm, node, free_value):
+        return FREE, ""
+    if same_layout(shape, stride, contiguous_strides(shape)):
+        return CONTIGUOUS, ""
+    return None, f"the conv's output strides {tuple(stride)} are observed and are neither contiguous nor channels-last"
+
+
+def rewrite(gm: torch.fx.GraphModule, options: Options | dict[str, Any] | None = None, **kwargs: Any) -> Report:
+    """Rewrite every patchify conv of ``gm`` in place into reshape + permute + one GEMM, and recompile it.
+
+    Returns the Report: one row per conv node, rewritten or skipped with the reason. Options (see ``Options``)
+    come as an Options object, a dict, or keywords.
+    """
+    if not isinstance(gm, torch.fx.GraphModule):
+        raise TypeError(f"rewrite() expects a torch.fx.GraphModule, got {type(gm).__module__}.{type(gm).__qualname__}")
+    opts = make_options(options, **kwargs)
+    report = Report()
+    for node in list(gm.graph.nodes):
+        call = conv_call(node, gm)
+        if call is None:
+            continue
+        decision = decide(call, opts)
+        layout = None
+        if decision.rewrite:
+            layout, problem = plan_layout(gm, node, call)
+            if layout is None:
+                decision = Decision(False, problem)
+            else:
+                replace_conv(gm, node, call, layout)
+        report.rows.append(ReportRow.of(call, decision, layout))
+    if report.rewritten:
+        gm.graph.lint()
+        gm.recompile()
+    if report.rows:
+        log.info("%s: %s", type(gm).__name__, report.summary())
+    return report
