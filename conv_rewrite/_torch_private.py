@@ -57,3 +57,11 @@ def conv_returns_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torc
         x_2d = x.unsqueeze(-2) if x.is_contiguous() else torch.empty(x.shape[:-1] + (1, x.shape[-1]), device="meta")
     fmt = torch._C._conv_determine_backend_memory_format(x_2d, weight_2d, backend)
     return fmt in (torch.channels_last, torch.channels_last_3d)
+
+
+def inductor_compiler(mode: str | None, options: dict[str, Any] | None) -> Any:
+    """Inductor configured exactly as ``torch.compile(mode=..., options=...)`` configures it.
+
+    ``torch._TorchCompileInductorWrapper(mode, options, dynamic)``: same constructor on 2.11 and 2.13.
+    """
+    return torch._TorchCompileInductorWrapper(mode, options, None)

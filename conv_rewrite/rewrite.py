@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -12,12 +11,10 @@ from .conv_call import ConvCall, conv_call, tensor_info
 from .decide import Decision, decide
 from .layout import contiguous_strides, free_strides, layout_is_observed, same_layout
 from .options import Options, make_options
+from .record import record
 from .replace import AS_CONV, CONTIGUOUS, FREE, replace_conv
 from .report import Report, ReportRow
 from ._torch_private import fake_mode_of
-
-log = logging.getLogger("conv_rewrite")
-
 
 def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -> tuple[str | None, str]:
     """The output layout the replacement must produce, or (None, reason) when none reproduces the conv's."""
@@ -41,11 +38,13 @@ def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -
     return None, f"the conv's output strides {tuple(stride)} are observed and are neither contiguous nor channels-last"
 
 
-def rewrite(gm: torch.fx.GraphModule, options: Options | dict[str, Any] | None = None, **kwargs: Any) -> Report:
+def rewrite(
+    gm: torch.fx.GraphModule, options: Options | dict[str, Any] | None = None, *, where: str = "rewrite", **kwargs: Any
+) -> Report:
     """Rewrite every patchify conv of ``gm`` in place into reshape + permute + one GEMM, and recompile it.
 
     Returns the Report: one row per conv node, rewritten or skipped with the reason. Options (see ``Options``)
-    come as an Options object, a dict, or keywords.
+    come as an Options object, a dict, or keywords; ``where`` labels the rows and the log line.
     """
     if not isinstance(gm, torch.fx.GraphModule):
         raise TypeError(f"rewrite() expects a torch.fx.GraphModule, got {type(gm).__module__}.{type(gm).__qualname__}")
@@ -63,10 +62,9 @@ def rewrite(gm: torch.fx.GraphModule, options: Options | dict[str, Any] | None =
                 decision = Decision(False, problem)
             else:
                 replace_conv(gm, node, call, layout)
-        report.rows.append(ReportRow.of(call, decision, layout))
+        report.rows.append(ReportRow.of(call, decision, layout, where))
     if report.rewritten:
         gm.graph.lint()
         gm.recompile()
-    if report.rows:
-        log.info("%s: %s", type(gm).__name__, report.summary())
+    record(report, where)
     return report
