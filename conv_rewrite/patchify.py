@@ -46,7 +46,7 @@ def patchify_conv(
         if bias is None:
             y = torch.matmul(w, patches)
         else:
-            y = torch.baddbmm(bias.view(1, -1, 1), w.expand(batch, -1, -1), patches)
+            y = torch.baddbmm(bias.view(1, -1, 1).expand(batch, -1, patches.shape[2]), w.expand(batch, -1, -1), patches)
         return y.view(batch, w.shape[0], *out_sizes)
     rows = x.permute(0, *out_dims, 1, *kernel_dims).reshape(-1, w.shape[1])
     y = F.linear(rows, w, bias).view(batch, *out_sizes, w.shape[0])
