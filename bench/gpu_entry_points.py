@@ -27,7 +27,7 @@ def main() -> None:
     ref = model(x)
     ref_grads = torch.autograd.grad(ref, [x, conv.weight, conv.bias], grad_out)
     forms = {
-        "backend='conv_rewrite'": lambda: torch.compile(model, backend="conv_rewrite"),
+        "backend()": lambda: torch.compile(model, backend=conv_rewrite.backend()),
         "inductor_options()": lambda: torch.compile(model, options=conv_rewrite.inductor_options()),
         "export + rewrite": lambda: _exported(model, x.detach()),
     }
