@@ -23,10 +23,10 @@ FREE, CONTIGUOUS, AS_CONV = "free view", "contiguous", "as conv at run time"
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "seq_nr")
 
 
-def _function_for(layout: str) -> Any:
+def _function_for(layout: str) -> tuple[Any, dict[str, Any]]:
     if layout == AS_CONV:
-        return patchify_conv_like_conv
-    return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS)
+        return patchify_conv_like_conv, {}
+    return patchify_conv, {"contiguous_output": layout == CONTIGUOUS}
 
 
 def _recorded(node: Any) -> Any:
@@ -47,16 +47,16 @@ def _operand_nodes(gm: torch.fx.GraphModule, call: ConvCall) -> list[Any]:
 
 def replace_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall, layout: str) -> torch.fx.Node:
     """Replace ``node`` by the patchify GEMM with the given output ``layout``; returns the node producing it."""
-    fn = _function_for(layout)
+    fn, kwargs = _function_for(layout)
     with gm.graph.inserting_before(node):
         operands = _operand_nodes(gm, call)
         if call.level == "aten":
-            new = _insert_aten(gm, node, fn, operands)
+            new = _insert_aten(gm, node, functools.partial(fn, **kwargs), operands)
         else:
-            new = gm.graph.call_function(fn, tuple(operands))
+            new = gm.graph.call_function(fn, tuple(operands), kwargs)
             key, value = _recorded(node)
             if key is not None:
-                new.meta[key] = _fake_run(fn, operands)
+                new.meta[key] = _fake_run(functools.partial(fn, **kwargs), operands)
     for name in _KEPT_META:
         if name in node.meta and name not in new.meta:
             new.meta[name] = node.meta[name]
