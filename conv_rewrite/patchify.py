@@ -61,4 +61,6 @@ def patchify_conv_like_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     """
     from ._torch_private import conv_returns_channels_last
 
+    if x.dim() == weight.dim() - 1:
+        return patchify_conv_like_conv(x.unsqueeze(0), weight, bias).squeeze(0)
     return patchify_conv(x, weight, bias, contiguous_output=not conv_returns_channels_last(x, weight, bias))
