@@ -30,7 +30,7 @@ def qualifies(call: ConvCall) -> Decision:
     if call.transposed:
         return Decision(False, "transposed")
     if call.kernel is None:
-        return Decision(False, "kernel unknown: the weight's shape is not recorded in the graph")
+        return Decision(False, "kernel unknown: the graph records no static shape for the weight")
     if call.groups != 1:
         return Decision(False, f"groups {call.groups}")
     if any(d != 1 and k > 1 for d, k in zip(call.dilation, call.kernel)):

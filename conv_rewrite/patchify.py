@@ -5,6 +5,8 @@ Pure torch with no FX in it, so Dynamo, make_fx and torch.export trace it and sy
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -42,7 +44,7 @@ def patchify_conv(
     kernel_dims = [3 + 2 * i for i in range(n)]
     w = weight.reshape(weight.shape[0], -1)
     if contiguous_output:
-        patches = x.permute(0, 1, *kernel_dims, *out_dims).reshape(batch, w.shape[1], -1)
+        patches = x.permute(0, 1, *kernel_dims, *out_dims).reshape(batch, w.shape[1], math.prod(out_sizes))
         if bias is None:
             y = torch.matmul(w, patches)
         else:
@@ -61,4 +63,6 @@ def patchify_conv_like_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     """
     from ._torch_private import conv_returns_channels_last
 
+    if x.dim() == weight.dim() - 1:
+        return patchify_conv_like_conv(x.unsqueeze(0), weight, bias).squeeze(0)
     return patchify_conv(x, weight, bias, contiguous_output=not conv_returns_channels_last(x, weight, bias))

@@ -15,7 +15,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .conv_call import ConvCall
 from .patchify import patchify_conv, patchify_conv_like_conv
-from ._torch_private import fake_mode_of, same_fake_mode
+from ._torch_private import fake_mode_of, python_dispatcher, same_fake_mode
 
 # Output layouts a replacement can be asked for.
 FREE, CONTIGUOUS, AS_CONV = "free view", "contiguous", "as conv at run time"
@@ -79,14 +79,14 @@ def _fake_run(fn: Any, operands: list[Any]) -> Any:
         values = _fake_values(operands)
     except LookupError:
         return None
-    with fake_mode_of(values[0]):
+    with fake_mode_of(values[0]), python_dispatcher():
         return fn(*values)
 
 
 def _insert_aten(gm: torch.fx.GraphModule, node: torch.fx.Node, fn: Any, operands: list[Any]) -> torch.fx.Node:
     """Trace ``fn`` to ATen on the operands' fake values and copy its nodes in before ``node``."""
     values = _fake_values(operands)
-    with fake_mode_of(values[0]):
+    with fake_mode_of(values[0]), python_dispatcher():
         traced = make_fx(fn, tracing_mode="real")(*values)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     return gm.graph.graph_copy(traced.graph, dict(zip(placeholders, operands)))

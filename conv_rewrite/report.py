@@ -16,19 +16,18 @@ REWRITTEN, SKIPPED = "rewritten", "skipped"
 
 
 def _gemm(call: ConvCall) -> tuple[Any, Any, Any] | None:
-    """(M, K, N) of the GEMM a rewritten conv becomes; M is None when the input's size is not static."""
+    """(M, K, N) of the GEMM a rewritten conv becomes; M is None when the input's size is not static.
+
+    K = C * prod(kernel) comes from the weight, so it is known even where the input's shape is not.
+    """
     if call.kernel is None:
         return None
     shape = call.input_shape
     m = None
-    channels = None
     if shape is not None and all(isinstance(s, int) for s in shape):
         batch = shape[0] if len(shape) == len(call.kernel) + 2 else 1
-        channels = shape[-len(call.kernel) - 1]
         m = batch * math.prod(s // k for s, k in zip(shape[-len(call.kernel):], call.kernel))
-    elif shape is not None and isinstance(shape[-len(call.kernel) - 1], int):
-        channels = shape[-len(call.kernel) - 1]
-    k = channels * math.prod(call.kernel) if channels is not None else None
+    k = call.in_channels * math.prod(call.kernel) if isinstance(call.in_channels, int) else None
     return (m, k, call.out_channels)
 
 

@@ -19,9 +19,13 @@ from ._torch_private import fake_mode_of
 def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -> tuple[str | None, str]:
     """The output layout the replacement must produce, or (None, reason) when none reproduces the conv's."""
     info = tensor_info(node)
+    if call.level == "aten":
+        ops = call.operands
+        traced_on = [node, ops.x, ops.weight] + ([ops.bias] if ops.has_bias else [])
+        recorded = [n.meta.get("val", n.meta.get("example_value")) for n in traced_on if isinstance(n, torch.fx.Node)]
+        if len(recorded) < len(traced_on) or not all(isinstance(v, torch.Tensor) for v in recorded):
+            return None, "no meta['val'] on the ATen node or its operands: the replacement cannot be traced"
     if info is None:
-        if call.level == "aten":
-            return None, "no meta['val'] on the ATen node: the replacement cannot be traced"
         return AS_CONV, ""
     shape, stride, dtype = info
     free = free_strides(shape, call.dims)
