@@ -63,9 +63,25 @@ def qualifies(call: ConvCall) -> Decision:
     return Decision(True, reason)
 
 
+def _auto(call: ConvCall) -> Decision:
+    """Policy "auto": the cost model on CUDA, a cached micro-benchmark elsewhere, rewrite where nothing is known."""
+    if call.device is None:
+        return Decision(True, "auto: device unknown, rewritten")
+    if call.input_shape is None or not all(isinstance(s, int) for s in call.input_shape):
+        return Decision(True, "auto: input shape not static, rewritten")
+    if call.device.startswith("cuda"):
+        return Decision(True, "auto: cuda (every measured shape faster, bench/RESULTS.md)")
+    from . import autotune
+
+    gemm_ms, conv_ms = autotune.timings(call)
+    return Decision(gemm_ms < conv_ms, f"auto: GEMM {gemm_ms:.2f} ms vs conv {conv_ms:.2f} ms ({call.device}, {call.dtype})")
+
+
 def decide(call: ConvCall, options: Options) -> Decision:
     """The decision for one conv under ``options``."""
     decision = qualifies(call)
     if decision.rewrite and options.policy == "never":
         return Decision(False, f"policy 'never' ({decision.reason})")
+    if decision.rewrite and options.policy == "auto":
+        return _auto(call)
     return decision
