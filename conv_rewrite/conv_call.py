@@ -105,6 +105,8 @@ class ConvCall:
     in_channels: int | str | None = None
     level: str = "torch"
     overridden_forward: str | None = None
+    output_size_given: bool = False
+    device: str | None = None
     operands: ConvOperands = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
 
@@ -119,6 +121,17 @@ def tensor_info(node: Any) -> tuple[Shape, Shape | None, torch.dtype] | None:
     tm = node.meta.get("tensor_meta")
     if tm is not None and hasattr(tm, "shape"):
         return tuple(tm.shape), tuple(tm.stride), tm.dtype
+    return None
+
+
+def _device(node: Any) -> str | None:
+    """The device of the value recorded on ``node`` ("cpu", "cuda:0"...); None when nothing is recorded."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    for key in ("val", "example_value"):
+        value = node.meta.get(key)
+        if isinstance(value, torch.Tensor):
+            return str(value.device)
     return None
 
 
@@ -189,6 +202,8 @@ def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | No
         in_channels=module.in_channels,
         level="module",
         overridden_forward=_overridden_forward(module),
+        output_size_given=len(node.args) > 1 or bool(node.kwargs),
+        device=_device(node.args[0] if node.args else None) or str(module.weight.device),
         operands=ConvOperands(
             x=node.args[0] if node.args else node.kwargs.get("input"),
             module_target=str(node.target),
@@ -252,6 +267,7 @@ def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, ki
         out_channels=_static(weight_shape[1 if transposed else 0]) if weight_shape is not None else None,
         in_channels=_in_channels(weight_shape, transposed, bound.get("groups", 1)),
         level=level,
+        device=_device(bound["input"]),
         operands=ConvOperands(x=bound["input"], weight=weight, bias=bound.get("bias"), has_bias=bound.get("bias") is not None),
     )
 
