@@ -90,7 +90,7 @@ def test_summary_line_is_logged_per_graph(caplog):
 def test_bad_options_and_inner_raise_listing_valid_values():
     with pytest.raises(ValueError, match="valid options: policy"):
         conv_rewrite.backend(polcy="always")
-    with pytest.raises(ValueError, match="valid policies: always, never"):
+    with pytest.raises(ValueError, match="valid policies: always, auto, never"):
         conv_rewrite.inductor_options(policy="sometimes")
     with pytest.raises(ValueError, match="valid backends: .*aot_eager"):
         conv_rewrite.backend(inner="no_such_backend")

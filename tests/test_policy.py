@@ -16,17 +16,22 @@ def _traced(conv, x):
     return gm
 
 
-# Measured on 2 CPU cores, fp32: the Qwen-VL-like patch embed is ~8x faster as a GEMM (DESIGN.md section 5), the
-# tiny pointwise conv ~3x faster as a conv (0.01 vs 0.03 ms).
+# Measured on 2 CPU cores, fp32: the Qwen-VL-like patch embed is ~8x faster as a GEMM (DESIGN.md section 5), a
+# margin no load on a shared machine closes. Where the conv wins the margins are small (a tiny pointwise conv:
+# 0.01 vs 0.03 ms), so that side of the decision is pinned with stubbed timings instead of a flaky measurement.
 GEMM_WINS = (nn.Conv3d(3, 1024, (2, 14, 14), stride=(2, 14, 14), bias=False), torch.randn(1024, 3, 2, 14, 14))
 CONV_WINS = (nn.Conv2d(16, 16, 1), torch.randn(1, 16, 8, 8))
 
 
-def test_auto_rewrites_where_the_gemm_wins_and_leaves_where_the_conv_wins():
+def test_auto_measures_and_rewrites_where_the_gemm_wins():
     won = conv_rewrite.rewrite(_traced(*GEMM_WINS), policy="auto").rows[0]
-    lost = conv_rewrite.rewrite(_traced(*CONV_WINS), policy="auto").rows[0]
     assert won.decision == "rewritten" and won.reason.startswith("auto: GEMM") and "(cpu, float32)" in won.reason
-    assert lost.decision == "skipped" and lost.reason.startswith("auto: GEMM")
+
+
+def test_auto_leaves_the_conv_where_the_conv_is_faster(monkeypatch):
+    monkeypatch.setattr(autotune, "_benchmark", lambda call: (0.03, 0.01))
+    lost = conv_rewrite.rewrite(_traced(*CONV_WINS), policy="auto").rows[0]
+    assert lost.decision == "skipped" and lost.reason == "auto: GEMM 0.03 ms vs conv 0.01 ms (cpu, float32)"
 
 
 def test_auto_cache_is_written_and_read_back_without_benchmarking(monkeypatch):
