@@ -22,7 +22,11 @@ Shape = tuple[Any, ...]
 
 
 def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
-    """torch.convNd / F.convNd / aten.convNd (.default and .padding)."""
+    """torch.convNd / F.convNd / aten.convNd.default."""
+
+
+def _conv_padding_signature(input, weight, bias=None, stride=1, padding="valid", dilation=1, groups=1):  # noqa: A002
+    """aten.convNd.padding: the string-padding overload, whose omitted padding is "valid"."""
 
 
 def _conv_transpose_signature(
@@ -39,6 +43,7 @@ def _convolution_signature(
 
 _SIGNATURES = {
     "conv": inspect.signature(_conv_signature),
+    "conv_padding": inspect.signature(_conv_padding_signature),
     "conv_transpose": inspect.signature(_conv_transpose_signature),
     "convolution": inspect.signature(_convolution_signature),
 }
@@ -59,9 +64,9 @@ _ATEN_TARGETS: dict[Any, tuple[str, int | None]] = {
     aten.conv1d.default: ("conv", 1),
     aten.conv2d.default: ("conv", 2),
     aten.conv3d.default: ("conv", 3),
-    aten.conv1d.padding: ("conv", 1),
-    aten.conv2d.padding: ("conv", 2),
-    aten.conv3d.padding: ("conv", 3),
+    aten.conv1d.padding: ("conv_padding", 1),
+    aten.conv2d.padding: ("conv_padding", 2),
+    aten.conv3d.padding: ("conv_padding", 3),
     aten.conv_transpose1d.default: ("conv_transpose", 1),
     aten.conv_transpose2d.input: ("conv_transpose", 2),
     aten.conv_transpose3d.input: ("conv_transpose", 3),
@@ -222,7 +227,9 @@ def _attr(gm: torch.fx.GraphModule, target: str) -> Any:
 
 
 def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, kind: str, dims: int | None) -> ConvCall:
-    bound = _SIGNATURES[kind].bind(*node.args, **node.kwargs).arguments
+    binding = _SIGNATURES[kind].bind(*node.args, **node.kwargs)
+    binding.apply_defaults()
+    bound = binding.arguments
     weight = bound["weight"]
     weight_shape = _weight_shape(weight, gm)
     if dims is None:
