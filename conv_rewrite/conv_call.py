@@ -16,6 +16,8 @@ import torch.fx
 import torch.nn as nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
+from ._torch_private import module_hooks
+
 aten = torch.ops.aten
 
 Shape = tuple[Any, ...]
@@ -110,6 +112,7 @@ class ConvCall:
     in_channels: int | str | None = None
     level: str = "torch"
     overridden_forward: str | None = None
+    hooks: tuple[str, ...] = ()
     operands: ConvOperands = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
 
@@ -156,8 +159,11 @@ def _module_path(node: torch.fx.Node) -> str | None:
 
 
 def _overridden_forward(module: nn.Module) -> str | None:
-    """The class name when an nn.ConvNd subclass replaces the forward (its forward may do more than the conv)."""
+    """The class name when a subclass or the instance (as accelerate's hooks do) replaces the forward: it may do
+    more than the conv."""
     cls = type(module)
+    if "forward" in vars(module):
+        return cls.__name__
     for base in _MODULE_BASES:
         if isinstance(module, base):
             same = all(getattr(cls, name, None) is getattr(base, name, None) for name in ("forward", "_conv_forward"))
@@ -194,6 +200,7 @@ def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | No
         in_channels=module.in_channels,
         level="module",
         overridden_forward=_overridden_forward(module),
+        hooks=module_hooks(module),
         operands=ConvOperands(
             x=node.args[0] if node.args else node.kwargs.get("input"),
             module_target=str(node.target),

@@ -27,6 +27,8 @@ def qualifies(call: ConvCall) -> Decision:
     """Whether the conv is computed exactly by ``patchify_conv``: stride == kernel, no padding/dilation/groups."""
     if call.overridden_forward:
         return Decision(False, f"{call.overridden_forward} overrides forward")
+    if call.hooks:
+        return Decision(False, f"{call.op} has {', '.join(call.hooks)} hooks")
     if call.transposed:
         return Decision(False, "transposed")
     if call.kernel is None:
