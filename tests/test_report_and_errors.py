@@ -72,6 +72,8 @@ def test_to_dicts_has_every_field_with_tuples_as_lists(report: Report) -> None:
     assert dicts[0]["input_shape"] == [2, 3, 6, 9] and dicts[0]["kernel"] == [2, 2]
     assert dicts[0]["gemm"] == [24, 12, 8] and dicts[0]["output_layout"] == "contiguous"
     assert dicts[1]["decision"] == "skipped" and dicts[1]["padding"] == [1, 1] and dicts[1]["gemm"] is None
+    # refine's input is patch_embed's output: its ShapeProp shape survives the rewrite of patch_embed.
+    assert dicts[1]["input_shape"] == [2, 8, 3, 4]
 
 
 def test_to_json_round_trips_through_json_loads(report: Report) -> None:

@@ -463,3 +463,15 @@ def test_parametrized_weight_is_read_through_the_parametrization_at_run_time() -
     with torch.no_grad():
         conv.parametrizations.weight.original0.mul_(2)  # the magnitude g: the weight changes
     assert_same_result(gm(x), _expected(model, x))
+
+
+@pytest.mark.parametrize("model", [PatchEmbed(), Wrap(_conv(3))], ids=["free view", "contiguous"])
+def test_replacement_carries_shape_prop_metadata_true_to_what_it_computes(model: nn.Module) -> None:
+    """Later convs read their input's shape from ShapeProp's tensor_meta, and layout planning replays on it."""
+    x = _input(3)
+    gm = shape_propagated(torch.fx.symbolic_trace(model), x)
+    conv_rewrite.rewrite(gm)
+    (new,) = [n for n in gm.graph.nodes if n.target is patchify_conv]
+    carried = new.meta["tensor_meta"]
+    shape_propagated(gm, x)  # what the replacement really computes
+    assert (carried.shape, carried.stride) == (new.meta["tensor_meta"].shape, new.meta["tensor_meta"].stride)
