@@ -89,7 +89,7 @@ def conv_cases(draw: st.DrawFn) -> Case:
 
 
 def _assert_free_view(y: torch.Tensor, batched: bool) -> None:
-    """The free layout: (B, O, o..) is a view of the GEMM's (B, o.., O) output, so flatten(2).transpose(1, 2) is free."""
+    """The free layout: (B, O, o..) is a view of the GEMM's (B, o.., O) output; flatten(2).transpose(1, 2) is free."""
     channel_dim = 1 if batched else 0
     assert y.movedim(channel_dim, -1).is_contiguous()
     if batched:

@@ -48,7 +48,9 @@ def _conv(dims: int, bias: bool = True, out_channels: int = 4) -> nn.Module:
     return CONV_MODULES[dims](3, out_channels, k, stride=k, bias=bias).double()
 
 
-def rewrite_and_check(gm: torch.fx.GraphModule, inputs: tuple[Any, ...], want: Any, rows: int = 1) -> conv_rewrite.Report:
+def rewrite_and_check(
+    gm: torch.fx.GraphModule, inputs: tuple[Any, ...], want: Any, rows: int = 1
+) -> conv_rewrite.Report:
     """Rewrite ``gm``; every conv must be rewritten and gone, and the graph must still compute ``want`` exactly."""
     assert len(conv_nodes(gm)) == rows
     report = conv_rewrite.rewrite(gm)
@@ -147,6 +149,7 @@ FUNCTIONAL_FORMS: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
     "F.conv2d padding 0 list": (2, lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=[0, 0])),
     "F.conv2d no bias": (2, lambda x, w, b: F.conv2d(x, w, stride=2)),
     "F.conv2d bias=None": (2, lambda x, w, b: F.conv2d(x, w, None, 2)),
+    "torch.convolution": (2, lambda x, w, b: torch.convolution(x, w, b, [2, 2], [0, 0], [1, 1], False, [0, 0], 1)),
 }
 
 
@@ -173,7 +176,7 @@ def test_functional_conv_with_get_attr_weights_is_rewritten(form: str, shape_pro
     if shape_prop:
         shape_propagated(gm, x)
     (node,) = conv_nodes(gm)
-    assert node.op == "call_function" and node.target in (torch.conv1d, torch.conv2d, torch.conv3d)
+    assert node.op == "call_function" and node.target in (torch.conv1d, torch.conv2d, torch.conv3d, torch.convolution)
     (row,) = rewrite_and_check(gm, (x,), _expected(model, x))
     assert row.kernel == tuple(model.weight.shape[2:]) == row.stride
     assert row.padding in ("valid", (0,) * dims)
@@ -264,14 +267,17 @@ def test_export_run_decompositions_aten_convolution_is_rewritten(dims: int) -> N
     _assert_aten_level(gm)
 
 
-def test_export_of_padding_valid_gives_aten_conv2d_padding_and_is_rewritten() -> None:
-    model = Wrap(nn.Conv2d(3, 4, 2, stride=2, padding="valid").double())
-    x = _input(2)
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_export_of_padding_valid_gives_aten_convnd_padding_and_is_rewritten(dims: int) -> None:
+    k = KERNELS[dims]
+    model = Wrap(CONV_MODULES[dims](3, 4, k, stride=k, padding="valid").double())
+    x = _input(dims)
     gm = torch.export.export(model, (x,)).module()
     (node,) = conv_nodes(gm)
-    assert node.target is aten.conv2d.padding
+    assert node.target is getattr(aten, f"conv{dims}d").padding
+    assert len(node.args) == 4  # export drops the default padding: the schema's default is "valid"
     (row,) = rewrite_and_check(gm, (x,), _expected(model, x))
-    assert row.op == "aten.conv2d.padding" and row.padding == "valid"
+    assert row.op == f"aten.conv{dims}d.padding" and row.padding == "valid"
 
 
 # --- Dynamo: the graph a torch.compile backend receives -----------------------------------------------------------

@@ -173,7 +173,7 @@ def test_placeholder_weight_without_meta_gives_kernel_unknown() -> None:
 
 
 def test_symbolic_weight_gives_kernel_unknown() -> None:
-    """make_fx(tracing_mode='symbolic') with the weight as an input: the kernel is symbolic, stride == kernel unknowable."""
+    """make_fx(tracing_mode='symbolic') with the weight as an input: the kernel is symbolic, so is stride == kernel."""
     x, w = torch.randn(X2, dtype=FP64), torch.randn(5, 4, 2, 2, dtype=FP64)
     gm = make_fx(_conv_of_inputs, tracing_mode="symbolic")(x, w)
     row = rewrite_expecting_skip(gm, (x, w))
@@ -263,7 +263,8 @@ def test_conv_module_with_hooks_is_skipped_because_the_function_would_bypass_the
     model = Wrap(_hooked(kind))
     x = torch.randn(X2, dtype=FP64)
     gm = shape_propagated(trace_leaf(model), x)
-    assert rewrite_expecting_skip(gm, (x,)) == _row("nn.Conv2d", 2, X2, (2, 2), (2, 2), (0, 0), (1, 1), 1, False, reason)
+    expected = _row("nn.Conv2d", 2, X2, (2, 2), (2, 2), (0, 0), (1, 1), 1, False, reason)
+    assert rewrite_expecting_skip(gm, (x,)) == expected
 
 
 def test_forward_replaced_on_the_instance_is_an_override() -> None:
