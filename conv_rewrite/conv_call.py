@@ -16,13 +16,19 @@ import torch.fx
 import torch.nn as nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
+from ._torch_private import module_hooks
+
 aten = torch.ops.aten
 
 Shape = tuple[Any, ...]
 
 
 def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
-    """torch.convNd / F.convNd / aten.convNd (.default and .padding)."""
+    """torch.convNd / F.convNd / aten.convNd.default."""
+
+
+def _conv_padding_signature(input, weight, bias=None, stride=1, padding="valid", dilation=1, groups=1):  # noqa: A002
+    """aten.convNd.padding: the string-padding overload, whose omitted padding is "valid"."""
 
 
 def _conv_transpose_signature(
@@ -39,6 +45,7 @@ def _convolution_signature(
 
 _SIGNATURES = {
     "conv": inspect.signature(_conv_signature),
+    "conv_padding": inspect.signature(_conv_padding_signature),
     "conv_transpose": inspect.signature(_conv_transpose_signature),
     "convolution": inspect.signature(_convolution_signature),
 }
@@ -59,9 +66,9 @@ _ATEN_TARGETS: dict[Any, tuple[str, int | None]] = {
     aten.conv1d.default: ("conv", 1),
     aten.conv2d.default: ("conv", 2),
     aten.conv3d.default: ("conv", 3),
-    aten.conv1d.padding: ("conv", 1),
-    aten.conv2d.padding: ("conv", 2),
-    aten.conv3d.padding: ("conv", 3),
+    aten.conv1d.padding: ("conv_padding", 1),
+    aten.conv2d.padding: ("conv_padding", 2),
+    aten.conv3d.padding: ("conv_padding", 3),
     aten.conv_transpose1d.default: ("conv_transpose", 1),
     aten.conv_transpose2d.input: ("conv_transpose", 2),
     aten.conv_transpose3d.input: ("conv_transpose", 3),
@@ -107,6 +114,7 @@ class ConvCall:
     overridden_forward: str | None = None
     output_size_given: bool = False
     device: str | None = None
+    hooks: tuple[str, ...] = ()
     operands: ConvOperands = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
 
@@ -164,8 +172,11 @@ def _module_path(node: torch.fx.Node) -> str | None:
 
 
 def _overridden_forward(module: nn.Module) -> str | None:
-    """The class name when an nn.ConvNd subclass replaces the forward (its forward may do more than the conv)."""
+    """The class name when a subclass or the instance (as accelerate's hooks do) replaces the forward: it may do
+    more than the conv."""
     cls = type(module)
+    if "forward" in vars(module):
+        return cls.__name__
     for base in _MODULE_BASES:
         if isinstance(module, base):
             same = all(getattr(cls, name, None) is getattr(base, name, None) for name in ("forward", "_conv_forward"))
@@ -204,6 +215,7 @@ def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | No
         overridden_forward=_overridden_forward(module),
         output_size_given=len(node.args) > 1 or bool(node.kwargs),
         device=_device(node.args[0] if node.args else None) or str(module.weight.device),
+        hooks=module_hooks(module),
         operands=ConvOperands(
             x=node.args[0] if node.args else node.kwargs.get("input"),
             module_target=str(node.target),
@@ -237,7 +249,9 @@ def _attr(gm: torch.fx.GraphModule, target: str) -> Any:
 
 
 def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, kind: str, dims: int | None) -> ConvCall:
-    bound = _SIGNATURES[kind].bind(*node.args, **node.kwargs).arguments
+    binding = _SIGNATURES[kind].bind(*node.args, **node.kwargs)
+    binding.apply_defaults()
+    bound = binding.arguments
     weight = bound["weight"]
     weight_shape = _weight_shape(weight, gm)
     if dims is None:

@@ -43,6 +43,8 @@ def qualifies(call: ConvCall) -> Decision:
         return Decision(False, f"{call.overridden_forward} overrides forward")
     if call.output_size_given:
         return Decision(False, "output_size given at call time")
+    if call.hooks:
+        return Decision(False, f"{call.op} has {', '.join(call.hooks)} hooks")
     if call.kernel is None:
         return Decision(False, "kernel unknown: the graph records no static shape for the weight")
     if call.groups != 1:

@@ -14,6 +14,7 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .conv_call import ConvCall
+from .layout import free_strides
 from .patchify import patchify_conv, patchify_conv_like_conv, unpatchify_conv_transpose
 from ._torch_private import fake_mode_of, python_dispatcher, same_fake_mode
 
@@ -70,6 +71,8 @@ def replace_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall, 
     for name in _KEPT_META:
         if name in node.meta and name not in new.meta:
             new.meta[name] = node.meta[name]
+    if "tensor_meta" in node.meta and "tensor_meta" not in new.meta:
+        new.meta["tensor_meta"] = _tensor_meta(node.meta["tensor_meta"], layout, call.dims)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
@@ -100,3 +103,11 @@ def _insert_aten(gm: torch.fx.GraphModule, node: torch.fx.Node, fn: Any, operand
         traced = make_fx(fn, tracing_mode="real")(*values)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     return gm.graph.graph_copy(traced.graph, dict(zip(placeholders, operands)))
+
+
+def _tensor_meta(conv_meta: Any, layout: str, dims: int) -> Any:
+    """ShapeProp's TensorMetadata of the conv, restrided for the replacement: later convs read their input's shape
+    from it, and layout planning replays users on it."""
+    if layout != FREE:  # the conv's own strides
+        return conv_meta
+    return conv_meta._replace(stride=free_strides(tuple(conv_meta.shape), dims), memory_format=None)

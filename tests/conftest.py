@@ -1,7 +1,14 @@
-"""Shared fixtures: fresh Dynamo state per test, and Inductor caches off where a test needs the passes to run."""
+"""Shared fixtures: this checkout's conv_rewrite first on the path, fresh Dynamo state per test, Inductor caches off
+where a test needs the passes to run, and a private cache for policy "auto".
+"""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.fixture(autouse=True)
