@@ -167,7 +167,7 @@ def _module_path(node: torch.fx.Node) -> str | None:
         return None
     path = list(stack.values())[-1][0]
     path = re.sub(r"^L\['[^']*'\]\.?", "", str(path))
-    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"(?:^|\.)(?:__dict__\['_modules'\]|_modules)\['([^']*)'\]", r".\1", path)
     return re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path).lstrip(".") or None
 
 
