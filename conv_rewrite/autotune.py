@@ -9,8 +9,8 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily

@@ -5,15 +5,16 @@ then hand it to Inductor or any other backend.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx
 
+from ._torch_private import inductor_compiler
 from .options import Options, make_options
 from .report import Report
 from .rewrite import rewrite
-from ._torch_private import inductor_compiler
 
 Backend = Callable[..., Any]
 _graph_ids = itertools.count()

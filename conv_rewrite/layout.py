@@ -15,8 +15,8 @@ import torch.fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.fx.node import map_arg
 
-from .conv_call import tensor_info
 from ._torch_private import fake_mode_of
+from .conv_call import tensor_info
 
 _SHAPE_QUERIES = {"size", "dim", "numel", "shape", "ndim", "dtype", "device", "is_floating_point"}
 

@@ -6,7 +6,7 @@ Pure torch with no FX in it, so Dynamo, make_fx and torch.export trace it and sy
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -13,10 +13,10 @@ import torch
 import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ._torch_private import fake_mode_of, python_dispatcher, same_fake_mode
 from .conv_call import ConvCall
 from .layout import free_strides
 from .patchify import patchify_conv, patchify_conv_like_conv, unpatchify_conv_transpose
-from ._torch_private import fake_mode_of, python_dispatcher, same_fake_mode
 
 # Output layouts a replacement can be asked for.
 FREE, CONTIGUOUS, AS_CONV = "free view", "contiguous", "as conv at run time"

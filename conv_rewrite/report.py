@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from tabulate import tabulate
 
@@ -62,7 +63,7 @@ class ReportRow:
     graph: str | None = None
 
     @classmethod
-    def of(cls, call: ConvCall, decision: Decision, layout: str | None, graph: str | None = None) -> "ReportRow":
+    def of(cls, call: ConvCall, decision: Decision, layout: str | None, graph: str | None = None) -> ReportRow:
         return cls(
             node=call.node,
             module=call.module,
@@ -119,7 +120,7 @@ class Report:
     def __getitem__(self, index: int) -> ReportRow:
         return self.rows[index]
 
-    def extend(self, other: "Report") -> None:
+    def extend(self, other: Report) -> None:
         self.rows.extend(other.rows)
 
     @property

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from ._torch_private import fake_mode_of
 from .conv_call import ConvCall, conv_call, tensor_info
 from .decide import Decision, decide
 from .layout import contiguous_strides, free_strides, layout_is_observed, same_layout
@@ -14,7 +15,7 @@ from .options import Options, make_options
 from .record import record
 from .replace import AS_CONV, CONTIGUOUS, FREE, replace_conv
 from .report import Report, ReportRow
-from ._torch_private import fake_mode_of
+
 
 def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -> tuple[str | None, str]:
     """The output layout the replacement must produce, or (None, reason) when none reproduces the conv's."""

@@ -7,9 +7,9 @@ import sys
 import textwrap
 
 import torch
+from models import MixedConvs, mixed_inputs
 
 import conv_rewrite
-from models import MixedConvs, mixed_inputs
 
 COMPILE_TWICE = textwrap.dedent(
     """

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from models import KEPT_CONVS, PATCH_CONVS, MixedConvs, mixed_inputs
 from torch._dynamo.backends.common import aot_autograd
 
 import conv_rewrite
-from models import KEPT_CONVS, PATCH_CONVS, MixedConvs, mixed_inputs
 
 # fp32 on CPU: the GEMM sums the same products as the conv in another order; 1e-5 covers that with margin.
 ATOL, RTOL = 1e-5, 1e-5

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from core_helpers import TOL, max_abs_diff, one_thread, reference_conv  # noqa: F401 (one_thread: autouse)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conv_rewrite import patchify_conv
 from conv_rewrite.patchify import patchify_conv_like_conv
-
-from core_helpers import TOL, max_abs_diff, one_thread, reference_conv  # noqa: F401 (one_thread: autouse)
 
 FP64 = torch.float64
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

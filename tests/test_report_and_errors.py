@@ -9,11 +9,10 @@ import pytest
 import torch
 import torch.fx
 import torch.nn as nn
+from core_helpers import conv_nodes, one_thread, shape_propagated  # noqa: F401 (one_thread: autouse)
 
 import conv_rewrite
 from conv_rewrite import Options, Report, ReportRow
-
-from core_helpers import conv_nodes, one_thread, shape_propagated  # noqa: F401 (one_thread: autouse)
 
 FP64 = torch.float64
 

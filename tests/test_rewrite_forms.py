@@ -7,27 +7,27 @@ strides) and pins the graph structure: which node the conv was, that no conv nod
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.experimental.proxy_tensor import make_fx
-
-import conv_rewrite
-from conv_rewrite.patchify import patchify_conv, patchify_conv_like_conv
-
 from core_helpers import (  # noqa: F401 (one_thread: autouse)
     Wrap,
-    aten,
     assert_same_result,
+    aten,
     conv_nodes,
     one_thread,
     shape_propagated,
     trace_leaf,
 )
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import conv_rewrite
+from conv_rewrite.patchify import patchify_conv, patchify_conv_like_conv
 
 # run_decompositions() warns from inside torch (a deprecated pytree LeafSpec check); nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")

@@ -6,18 +6,18 @@ groups, transposed, decision, reason), the graph's nodes and generated code unch
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from core_helpers import Wrap, aten, conv_nodes, one_thread, shape_propagated, trace_leaf  # noqa: F401 (autouse)
 from torch.fx.experimental.proxy_tensor import make_fx
 
 import conv_rewrite
-
-from core_helpers import Wrap, aten, conv_nodes, one_thread, shape_propagated, trace_leaf  # noqa: F401 (autouse)
 
 FP64 = torch.float64
 ROW_FIELDS = ("node", "module", "op", "dims", "input_shape", "kernel", "stride", "padding", "dilation", "groups",
