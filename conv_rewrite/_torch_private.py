@@ -36,6 +36,17 @@ def same_fake_mode(values: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def python_dispatcher() -> Any:
+    """A context in which ATen ops run their Python meta kernels, which make_fx needs on symbolic sizes.
+
+    ``torch._dispatch.python.enable_python_dispatcher``: stable 2.6-2.13; Inductor's pattern matcher traces its
+    replacements under it too.
+    """
+    from torch._dispatch.python import enable_python_dispatcher
+
+    return enable_python_dispatcher()
+
+
 def conv_returns_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether a stride == kernel conv of ``x`` returns the channels-last layout (1-d: (B, O, L) with O innermost).
 

@@ -102,8 +102,11 @@ class ConvCall:
     output_padding: tuple[int, ...] = ()
     padding_mode: str = "zeros"
     out_channels: int | None = None
+    in_channels: int | str | None = None
     level: str = "torch"
     overridden_forward: str | None = None
+    output_size_given: bool = False
+    device: str | None = None
     operands: ConvOperands = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
 
@@ -118,6 +121,17 @@ def tensor_info(node: Any) -> tuple[Shape, Shape | None, torch.dtype] | None:
     tm = node.meta.get("tensor_meta")
     if tm is not None and hasattr(tm, "shape"):
         return tuple(tm.shape), tuple(tm.stride), tm.dtype
+    return None
+
+
+def _device(node: Any) -> str | None:
+    """The device of the value recorded on ``node`` ("cpu", "cuda:0"...); None when nothing is recorded."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    for key in ("val", "example_value"):
+        value = node.meta.get(key)
+        if isinstance(value, torch.Tensor):
+            return str(value.device)
     return None
 
 
@@ -185,8 +199,11 @@ def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | No
         output_padding=_tuple(module.output_padding, dims),
         padding_mode=module.padding_mode,
         out_channels=module.out_channels,
+        in_channels=module.in_channels,
         level="module",
         overridden_forward=_overridden_forward(module),
+        output_size_given=len(node.args) > 1 or bool(node.kwargs),
+        device=_device(node.args[0] if node.args else None) or str(module.weight.device),
         operands=ConvOperands(
             x=node.args[0] if node.args else node.kwargs.get("input"),
             module_target=str(node.target),
@@ -203,6 +220,13 @@ def _weight_shape(weight: Any, gm: torch.fx.GraphModule) -> Shape | None:
             return None
     info = tensor_info(weight)
     return info[0] if info else None
+
+
+def _in_channels(weight_shape: Shape | None, transposed: bool, groups: Any) -> int | str | None:
+    """The input's channel count as the weight gives it: (O, C/groups, k..), or (C, O/groups, k..) transposed."""
+    if weight_shape is None:
+        return None
+    return _static(weight_shape[0] if transposed else weight_shape[1] * groups)
 
 
 def _attr(gm: torch.fx.GraphModule, target: str) -> Any:
@@ -241,7 +265,9 @@ def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, ki
         transposed=transposed,
         output_padding=_tuple(bound.get("output_padding", 0), n),
         out_channels=_static(weight_shape[1 if transposed else 0]) if weight_shape is not None else None,
+        in_channels=_in_channels(weight_shape, transposed, bound.get("groups", 1)),
         level=level,
+        device=_device(bound["input"]),
         operands=ConvOperands(x=bound["input"], weight=weight, bias=bound.get("bias"), has_bias=bound.get("bias") is not None),
     )
 

@@ -62,6 +62,14 @@ def _same_value_layout(new: Any, old: Any) -> bool:
         return False
 
 
+def _is_shape_query(node: torch.fx.Node) -> bool:
+    """``t.size()``-like calls, and ``t.shape``-like attribute reads (``getattr(t, "shape")`` in symbolic_trace)."""
+    if node.op == "call_method":
+        return node.target in _SHAPE_QUERIES
+    is_getattr = node.op == "call_function" and node.target is getattr and len(node.args) >= 2
+    return is_getattr and node.args[1] in _SHAPE_QUERIES
+
+
 def _recorded(node: torch.fx.Node) -> Any:
     for key in ("val", "example_value"):
         if key in node.meta:
@@ -122,7 +130,7 @@ def layout_is_observed(gm: torch.fx.GraphModule, node: torch.fx.Node, free_value
         for user in current.users:
             if user.op == "output":
                 return True
-            if user.op == "call_method" and user.target in _SHAPE_QUERIES:
+            if _is_shape_query(user):
                 continue
             try:
                 new = replay.run(user, env)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-POLICIES = ("always", "never")
+POLICIES = ("always", "auto", "never")
 
 
 @dataclass(frozen=True)
 class Options:
     """How the rewrite behaves.
 
-    policy: "always" rewrites every conv that qualifies; "never" only reports what it would rewrite.
+    policy: "always" rewrites every conv that qualifies; "never" only reports what it would rewrite; "auto" rewrites
+    where the GEMM form is faster (the CUDA cost model, or a cached micro-benchmark on other devices).
     """
 
     policy: str = "always"
