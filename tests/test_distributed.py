@@ -133,8 +133,8 @@ def assert_matches_reference(saved: dict[str, Any], reference: dict[str, Any], r
         assert_within(saved["grads"][name], grad, rel, f"{what}: grad of {name}")
 
 
-def patch_rows(saved: dict[str, Any], module: str | None = "patch") -> list[dict[str, Any]]:
-    return [row for row in saved["rows"] if row["module"] == module]
+def patch_rows(saved: dict[str, Any]) -> list[dict[str, Any]]:
+    return [row for row in saved["rows"] if row["module"] == "patch"]
 
 
 def conv_free(graphs: list[list[str]]) -> bool:
