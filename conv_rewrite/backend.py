@@ -4,6 +4,7 @@ then hand it to Inductor or any other backend.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -62,7 +63,10 @@ def backend(inner: str | Backend = "inductor", *, options: Options | dict[str, A
 
 def conv_rewrite_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **compile_kwargs: Any) -> Any:
     """The backend registered as ``"conv_rewrite"`` (entry point ``torch_dynamo_backends``): rewrite, then Inductor."""
-    return _default(gm, example_inputs, **compile_kwargs)
+    return _default_backend()(gm, example_inputs, **compile_kwargs)
 
 
-_default = ConvRewriteBackend()
+@functools.cache
+def _default_backend() -> ConvRewriteBackend:
+    """Made at first use, so the default options (CONV_REWRITE_POLICY) are read then, not at import."""
+    return ConvRewriteBackend()
