@@ -53,7 +53,9 @@ class ConvRewriteBackend:
         return f"conv_rewrite.backend(inner={inner!r}, policy={self.options.policy!r})"
 
 
-def backend(inner: str | Backend = "inductor", *, options: Options | dict[str, Any] | None = None, **kwargs: Any) -> ConvRewriteBackend:
+def backend(
+    inner: str | Backend = "inductor", *, options: Options | dict[str, Any] | None = None, **kwargs: Any
+) -> ConvRewriteBackend:
     """A configured backend: ``torch.compile(model, backend=conv_rewrite.backend(inner="aot_eager"))``.
 
     ``inner`` is a registered backend name ("inductor", "aot_eager", "eager", ...) or a backend callable.

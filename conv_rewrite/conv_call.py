@@ -283,7 +283,9 @@ def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, ki
         in_channels=_in_channels(weight_shape, transposed, bound.get("groups", 1)),
         level=level,
         device=_device(bound["input"]),
-        operands=ConvOperands(x=bound["input"], weight=weight, bias=bound.get("bias"), has_bias=bound.get("bias") is not None),
+        operands=ConvOperands(
+            x=bound["input"], weight=weight, bias=bound.get("bias"), has_bias=bound.get("bias") is not None
+        ),
     )
 
 

@@ -76,7 +76,9 @@ def _auto(call: ConvCall) -> Decision:
     from . import autotune
 
     gemm_ms, conv_ms = autotune.timings(call)
-    return Decision(gemm_ms < conv_ms, f"auto: GEMM {gemm_ms:.2f} ms vs conv {conv_ms:.2f} ms ({call.device}, {call.dtype})")
+    return Decision(
+        gemm_ms < conv_ms, f"auto: GEMM {gemm_ms:.2f} ms vs conv {conv_ms:.2f} ms ({call.device}, {call.dtype})"
+    )
 
 
 def decide(call: ConvCall, options: Options) -> Decision:

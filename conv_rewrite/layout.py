@@ -139,7 +139,11 @@ def layout_is_observed(gm: torch.fx.GraphModule, node: torch.fx.Node, free_value
             old = _recorded(user)
             if old is None and tensor_info(user) is not None:
                 shape, stride, _ = tensor_info(user)
-                if isinstance(new, torch.Tensor) and tuple(new.shape) == shape and same_layout(shape, new.stride(), stride):
+                if (
+                    isinstance(new, torch.Tensor)
+                    and tuple(new.shape) == shape
+                    and same_layout(shape, new.stride(), stride)
+                ):
                     continue
             elif old is not None and _same_value_layout(new, old):
                 continue

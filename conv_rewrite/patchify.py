@@ -38,7 +38,12 @@ def patchify_conv(
     n = weight.dim() - 2
     if x.dim() == n + 1:
         return patchify_conv(
-            x.unsqueeze(0), weight, bias, contiguous_output=contiguous_output, padding=padding, padding_mode=padding_mode
+            x.unsqueeze(0),
+            weight,
+            bias,
+            contiguous_output=contiguous_output,
+            padding=padding,
+            padding_mode=padding_mode,
         ).squeeze(0)
     if any(padding):
         pads = [p for size in reversed(padding) for p in (size, size)]

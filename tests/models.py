@@ -25,7 +25,11 @@ class MixedConvs(nn.Module):
 
 
 PATCH_CONVS = {"patch_embedding", "tokens"}
-KEPT_CONVS = {"padded": "stride (1, 1) != kernel (3, 3)", "grouped": "groups 2", "overlapping": "stride (2) != kernel (4)"}
+KEPT_CONVS = {
+    "padded": "stride (1, 1) != kernel (3, 3)",
+    "grouped": "groups 2",
+    "overlapping": "stride (2) != kernel (4)",
+}
 
 
 def mixed_inputs(frames: int = 3) -> tuple[torch.Tensor]:

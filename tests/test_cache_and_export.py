@@ -76,14 +76,20 @@ def test_aten_pattern_pass_on_an_exported_graph():
     gm = torch.export.export(model, inputs).run_decompositions().module()
     report = conv_rewrite.AtenConvRewritePass().apply(gm)
     assert {r.module for r in report.rewritten} == {"patch_embedding", "tokens"}
-    assert {r.reason for r in report.skipped} == {"stride (1, 1) != kernel (3, 3)", "groups 2", "stride (2) != kernel (4)"}
+    assert {r.reason for r in report.skipped} == {
+        "stride (1, 1) != kernel (3, 3)",
+        "groups 2",
+        "stride (2) != kernel (4)",
+    }
     _no_convolution(gm, kept=3)
     for out, ref in zip(gm(*inputs), model(*inputs)):
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_aoti_compile_and_package_loads_and_matches(tmp_path, no_inductor_cache):
-    model = torch.nn.Sequential(torch.nn.Conv3d(4, 8, (1, 2, 2), stride=(1, 2, 2)), torch.nn.Flatten(2), torch.nn.GELU())
+    model = torch.nn.Sequential(
+        torch.nn.Conv3d(4, 8, (1, 2, 2), stride=(1, 2, 2)), torch.nn.Flatten(2), torch.nn.GELU()
+    )
     inputs = (torch.randn(1, 4, 3, 8, 8),)
     ep = torch.export.export(model, inputs)
     with conv_rewrite.collect_reports() as report:

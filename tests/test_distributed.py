@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-
 from dist_job import CONV_OPS, build_model, build_patch_tokens, dtensor_input, global_batch, loss_fn
 
 pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="needs torch.distributed with gloo")

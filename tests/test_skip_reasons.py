@@ -20,8 +20,21 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import conv_rewrite
 
 FP64 = torch.float64
-ROW_FIELDS = ("node", "module", "op", "dims", "input_shape", "kernel", "stride", "padding", "dilation", "groups",
-              "transposed", "decision", "reason")
+ROW_FIELDS = (
+    "node",
+    "module",
+    "op",
+    "dims",
+    "input_shape",
+    "kernel",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "transposed",
+    "decision",
+    "reason",
+)
 
 
 def _snapshot(gm: torch.fx.GraphModule) -> list[tuple[Any, ...]]:
@@ -51,11 +64,35 @@ class OverridingConv(nn.Conv2d):
         return super().forward(x) * 2
 
 
-def _row(op: str, dims: int, input_shape: Any, kernel: Any, stride: Any, padding: Any, dilation: Any, groups: int,
-         transposed: bool, reason: str, node: str = "blocks_0_proj", module: str | None = "blocks.0.proj") -> dict:
-    return dict(node=node, module=module, op=op, dims=dims, input_shape=input_shape, kernel=kernel, stride=stride,
-                padding=padding, dilation=dilation, groups=groups, transposed=transposed, decision="skipped",
-                reason=reason)
+def _row(
+    op: str,
+    dims: int,
+    input_shape: Any,
+    kernel: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+    transposed: bool,
+    reason: str,
+    node: str = "blocks_0_proj",
+    module: str | None = "blocks.0.proj",
+) -> dict:
+    return dict(
+        node=node,
+        module=module,
+        op=op,
+        dims=dims,
+        input_shape=input_shape,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        transposed=transposed,
+        decision="skipped",
+        reason=reason,
+    )
 
 
 X2, X3 = (2, 4, 8, 9), (2, 4, 4, 8, 9)
@@ -63,36 +100,54 @@ X2, X3 = (2, 4, 8, 9), (2, 4, 4, 8, 9)
 # name -> (conv module, input shape, expected row for the call_module form)
 MODULE_CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict]] = {
     "stride != kernel": (
-        lambda: nn.Conv3d(4, 4, 2, stride=(1, 2, 2)), X3,
-        _row("nn.Conv3d", 3, X3, (2, 2, 2), (1, 2, 2), (0, 0, 0), (1, 1, 1), 1, False,
-             "stride (1, 2, 2) != kernel (2, 2, 2)"),
+        lambda: nn.Conv3d(4, 4, 2, stride=(1, 2, 2)),
+        X3,
+        _row(
+            "nn.Conv3d",
+            3,
+            X3,
+            (2, 2, 2),
+            (1, 2, 2),
+            (0, 0, 0),
+            (1, 1, 1),
+            1,
+            False,
+            "stride (1, 2, 2) != kernel (2, 2, 2)",
+        ),
     ),
     "padding and stride != kernel": (
-        lambda: nn.Conv2d(4, 4, 3, padding=1), X2,
+        lambda: nn.Conv2d(4, 4, 3, padding=1),
+        X2,
         _row("nn.Conv2d", 2, X2, (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "stride (1, 1) != kernel (3, 3)"),
     ),
     "groups": (
-        lambda: nn.Conv2d(4, 4, 2, stride=2, groups=4), X2,
+        lambda: nn.Conv2d(4, 4, 2, stride=2, groups=4),
+        X2,
         _row("nn.Conv2d", 2, X2, (2, 2), (2, 2), (0, 0), (1, 1), 4, False, "groups 4"),
     ),
     "dilation": (
-        lambda: nn.Conv2d(4, 4, 2, stride=2, dilation=2), X2,
+        lambda: nn.Conv2d(4, 4, 2, stride=2, dilation=2),
+        X2,
         _row("nn.Conv2d", 2, X2, (2, 2), (2, 2), (0, 0), (2, 2), 1, False, "dilation (2, 2)"),
     ),
     "transposed with stride != kernel": (
-        lambda: nn.ConvTranspose2d(4, 4, 3, stride=2), X2,
+        lambda: nn.ConvTranspose2d(4, 4, 3, stride=2),
+        X2,
         _row("nn.ConvTranspose2d", 2, X2, (3, 3), (2, 2), (0, 0), (1, 1), 1, True, "stride (2, 2) != kernel (3, 3)"),
     ),
     "transposed with groups": (
-        lambda: nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2), X2,
+        lambda: nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2),
+        X2,
         _row("nn.ConvTranspose2d", 2, X2, (2, 2), (2, 2), (0, 0), (1, 1), 2, True, "groups 2"),
     ),
     "padding same": (
-        lambda: nn.Conv2d(4, 4, 3, padding="same"), X2,
+        lambda: nn.Conv2d(4, 4, 3, padding="same"),
+        X2,
         _row("nn.Conv2d", 2, X2, (3, 3), (1, 1), "same", (1, 1), 1, False, "padding 'same'"),
     ),
     "overridden forward": (
-        lambda: OverridingConv(4, 4, 2, stride=2), X2,
+        lambda: OverridingConv(4, 4, 2, stride=2),
+        X2,
         _row("nn.OverridingConv", 2, X2, (2, 2), (2, 2), (0, 0), (1, 1), 1, False, "OverridingConv overrides forward"),
     ),
 }
@@ -116,7 +171,13 @@ def test_module_conv_reason_does_not_need_shapes(case: str) -> None:
 
 
 # The same convs at ATen level: the same reasons, read from the op's arguments instead of the module.
-ATEN_CASES = ["stride != kernel", "padding and stride != kernel", "groups", "dilation", "transposed with stride != kernel"]
+ATEN_CASES = [
+    "stride != kernel",
+    "padding and stride != kernel",
+    "groups",
+    "dilation",
+    "transposed with stride != kernel",
+]
 
 
 @pytest.mark.parametrize("form", ["export", "make_fx"])
@@ -148,9 +209,20 @@ def test_functional_conv_transpose_with_stride_not_kernel_is_skipped() -> None:
     x = torch.randn(X2, dtype=FP64)
     gm = shape_propagated(torch.fx.symbolic_trace(Up()), x)
     row = rewrite_expecting_skip(gm, (x,))
-    assert row == _row("torch.conv_transpose2d", 2, X2, (2, 2), (1, 1), (0, 0), (1, 1), 1, True,
-                       "stride (1, 1) != kernel (2, 2)",
-                       node="conv_transpose2d", module=None)
+    assert row == _row(
+        "torch.conv_transpose2d",
+        2,
+        X2,
+        (2, 2),
+        (1, 1),
+        (0, 0),
+        (1, 1),
+        1,
+        True,
+        "stride (1, 1) != kernel (2, 2)",
+        node="conv_transpose2d",
+        module=None,
+    )
 
 
 def test_policy_never_reports_what_it_would_rewrite_and_rewrites_nothing() -> None:
@@ -158,8 +230,9 @@ def test_policy_never_reports_what_it_would_rewrite_and_rewrites_nothing() -> No
     x = torch.randn(X2, dtype=FP64)
     gm = shape_propagated(trace_leaf(model), x)
     row = rewrite_expecting_skip(gm, (x,), policy="never")
-    assert row == _row("nn.Conv2d", 2, X2, (2, 2), (2, 2), (0, 0), (1, 1), 1, False,
-                       "policy 'never' (stride == kernel (2, 2))")
+    assert row == _row(
+        "nn.Conv2d", 2, X2, (2, 2), (2, 2), (0, 0), (1, 1), 1, False, "policy 'never' (stride == kernel (2, 2))"
+    )
 
 
 def _conv_of_inputs(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -257,8 +330,12 @@ def _hooked(kind: str) -> nn.Module:
 @pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.* is deprecated:FutureWarning")
 @pytest.mark.parametrize(
     "kind, reason",
-    [("forward", "nn.Conv2d has forward hooks"), ("forward_pre", "nn.Conv2d has forward_pre hooks"),
-     ("backward", "nn.Conv2d has backward hooks"), ("weight_norm", "nn.Conv2d has forward_pre hooks")],
+    [
+        ("forward", "nn.Conv2d has forward hooks"),
+        ("forward_pre", "nn.Conv2d has forward_pre hooks"),
+        ("backward", "nn.Conv2d has backward hooks"),
+        ("weight_norm", "nn.Conv2d has forward_pre hooks"),
+    ],
 )
 def test_conv_module_with_hooks_is_skipped_because_the_function_would_bypass_them(kind: str, reason: str) -> None:
     model = Wrap(_hooked(kind))

@@ -61,7 +61,11 @@ def test_backend_backward_has_no_convolution_backward():
         graphs.append({n.target for n in gm.graph.nodes})
         return gm
 
-    _check_grads(lambda m: torch.compile(m, backend=conv_rewrite.backend(inner=aot_autograd(fw_compiler=capture, bw_compiler=capture))))
+    _check_grads(
+        lambda m: torch.compile(
+            m, backend=conv_rewrite.backend(inner=aot_autograd(fw_compiler=capture, bw_compiler=capture))
+        )
+    )
     assert len(graphs) == 2
     assert all(not (targets & CONV_OPS) for targets in graphs)
     assert aten.mm.default in graphs[1]
@@ -70,11 +74,11 @@ def test_backend_backward_has_no_convolution_backward():
 @pytest.mark.parametrize("form", ["backend", "inductor_options"])
 def test_inductor_forms_backward_has_no_convolution_backward(form, no_inductor_cache):
     recorder = RecordTargets()
+    options = {"post_grad_custom_post_pass": recorder}
     if form == "backend":
-        compile_fn = lambda m: torch.compile(m, backend="conv_rewrite", options={"post_grad_custom_post_pass": recorder})  # noqa: E731
+        _check_grads(lambda m: torch.compile(m, backend="conv_rewrite", options=options))
     else:
-        compile_fn = lambda m: torch.compile(m, options={**conv_rewrite.inductor_options(), "post_grad_custom_post_pass": recorder})  # noqa: E731
-    _check_grads(compile_fn)
+        _check_grads(lambda m: torch.compile(m, options={**conv_rewrite.inductor_options(), **options}))
     assert len(recorder.graphs) == 2, "forward and backward were both compiled"
     assert all(not (targets & CONV_OPS) for targets in recorder.graphs)
 
