@@ -9,16 +9,14 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .conv_call import ConvCall, module_conv_call
 from .decide import Decision, decide
 from .options import Options, make_options
 from .patchify import patchify_conv_like_conv
 from .record import record
-from .replace import AS_CONV
+from .replace import AS_CONV, replacement
 from .report import Report, ReportRow
 
 # nn.Conv1d/2d/3d.forward is ``self._conv_forward(input, self.weight, self.bias)``. Converting sets the instance
@@ -28,28 +26,9 @@ _ATTR = "_conv_forward"
 _WHERE = "convert_"
 
 
-def _pad_then_patchify(
-    padding: tuple[int, ...], padding_mode: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """A padded conv: pad (by ``padding_mode`` as nn.ConvNd does, or with zeros), then the GEMM with the conv's strides.
-
-    F.pad may return another layout than its input's (a copy), so the layout is picked on the padded input.
-    """
-    pads = [p for size in reversed(padding) for p in (size, size)]
-    x = F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
-    return patchify_conv_like_conv(x, weight, bias)
-
-
-def _patchify_forward(call: ConvCall) -> Callable[..., torch.Tensor]:
-    padding = (0,) * len(call.kernel) if isinstance(call.padding, str) else call.padding
-    if call.padding_mode == "zeros" and not any(padding):
-        return patchify_conv_like_conv
-    return functools.partial(_pad_then_patchify, padding, call.padding_mode)
-
-
 def _is_converted(module: nn.Module) -> bool:
     fn = module.__dict__.get(_ATTR)
-    return fn is patchify_conv_like_conv or (isinstance(fn, functools.partial) and fn.func is _pad_then_patchify)
+    return fn is patchify_conv_like_conv or (isinstance(fn, functools.partial) and fn.func is patchify_conv_like_conv)
 
 
 def _type_name(value: Any) -> str:
@@ -91,7 +70,7 @@ def convert_(
             continue
         decision = _decision(module, call, opts, filter_fn is None or bool(filter_fn(module, fqn)))
         if decision.rewrite:
-            setattr(module, _ATTR, _patchify_forward(call))
+            setattr(module, _ATTR, replacement(call, AS_CONV))
         report.rows.append(ReportRow.of(call, decision, AS_CONV, _WHERE))
     record(report, _WHERE)
     return report

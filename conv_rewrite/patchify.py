@@ -47,9 +47,7 @@ def patchify_conv(
             padding=padding,
             padding_mode=padding_mode,
         ).squeeze(0)
-    if any(padding):
-        pads = [p for size in reversed(padding) for p in (size, size)]
-        x = F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
+    x = _pad(x, padding, padding_mode)
     kernel = weight.shape[2:]
     batch, channels = x.shape[0], x.shape[1]
     out_sizes = [x.shape[2 + i] // kernel[i] for i in range(n)]
@@ -75,16 +73,34 @@ def patchify_conv(
     return y
 
 
-def patchify_conv_like_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _pad(x: torch.Tensor, padding: Sequence[int], padding_mode: str) -> torch.Tensor:
+    """Pad both ends of each spatial dim as nn.ConvNd.forward does: F.pad for any padding_mode but zeros."""
+    if padding_mode == "zeros" and not any(padding):
+        return x
+    pads = [p for size in reversed(padding) for p in (size, size)]
+    return F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
+
+
+def patchify_conv_like_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    padding: Sequence[int] = (),
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
     """``patchify_conv`` with the output strides the conv itself would return for these inputs.
 
-    For graphs and modules that record no layout information: the layout is chosen at run time, the way ATen
-    chooses it for the conv (contiguous, or channels-last for channels-last inputs).
+    For graphs and modules that record no layout information: the layout is chosen at run time, on the padded
+    input, the way ATen chooses it for the conv (contiguous, or channels-last for channels-last inputs).
     """
     from ._torch_private import conv_returns_channels_last
 
     if x.dim() == weight.dim() - 1:
-        return patchify_conv_like_conv(x.unsqueeze(0), weight, bias).squeeze(0)
+        return patchify_conv_like_conv(
+            x.unsqueeze(0), weight, bias, padding=padding, padding_mode=padding_mode
+        ).squeeze(0)
+    x = _pad(x, [0] * (weight.dim() - 2) if not padding else padding, padding_mode)
     return patchify_conv(x, weight, bias, contiguous_output=not conv_returns_channels_last(x, weight, bias))
 
 

@@ -29,14 +29,11 @@ def replacement(call: ConvCall, layout: str) -> Any:
     padding = (0,) * len(call.kernel) if isinstance(call.padding, str) else call.padding
     if call.transposed:
         return functools.partial(unpatchify_conv_transpose, padding=padding, output_padding=call.output_padding)
-    if any(padding):
-        mode = call.padding_mode
-        return functools.partial(
-            patchify_conv, contiguous_output=layout == CONTIGUOUS, padding=padding, padding_mode=mode
-        )
+    padded = any(padding) or call.padding_mode != "zeros"
+    pad = {"padding": padding, "padding_mode": call.padding_mode} if padded else {}
     if layout == AS_CONV:
-        return patchify_conv_like_conv
-    return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS)
+        return functools.partial(patchify_conv_like_conv, **pad) if pad else patchify_conv_like_conv
+    return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS, **pad)
 
 
 def _recorded(node: Any) -> Any:
