@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import torch
 
 from .config import DTYPES, RunConfig
 from .models import models_for
-from .output import plot, report, write_json
+from .output import plot, report, sort_rows, write_json
 from .runner import Task, run_parallel, run_serial
 from .shapes import shapes_for
 from .variants import has_convert, model_variants
@@ -37,11 +37,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cold-compile", action=argparse.BooleanOptionalAction,
                    help="compile with Inductor's caches off, for cold compile times (default: on for cuda, off for cpu)")
     p.add_argument("--workers", type=int, help="compile in N processes (default: cuda min(8, cores/2), cpu 0)")
-    p.add_argument("--budget", type=float, default=3600.0, help="seconds; tasks not started by then are skipped")
-    p.add_argument("--op-timeout", type=float, default=240.0, help="seconds per op shape (parallel runs)")
-    p.add_argument("--model-timeout", type=float, default=480.0, help="seconds per model variant (parallel runs)")
+    p.add_argument("--budget", type=float, default=3600.0,
+                   help="seconds for compiling; tasks not started by then are skipped")
+    p.add_argument("--op-timeout", type=float, default=240.0, help="compile seconds per op shape (parallel runs)")
+    p.add_argument("--model-timeout", type=float, default=480.0, help="compile seconds per model variant (parallel runs)")
+    p.add_argument("--timing-timeout", type=float, default=300.0, help="seconds for the whole timing phase of a parallel run")
     p.add_argument("--rep-ms", type=float, help="timing budget per measurement, x3 for models (default: 20 cuda, 100 cpu)")
     p.add_argument("--out", default="bench_results", help="output folder for results.json, results.md, speedups.png")
+    p.add_argument("--from-json", help="only re-render the tables and plot of an earlier results.json into --out")
     return p.parse_args(argv)
 
 
@@ -76,8 +79,26 @@ def environment(cfg: RunConfig) -> dict[str, Any]:
     return meta
 
 
+def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """results.json, results.md (printed too) and speedups.png (when matplotlib is installed)."""
+    rows = sort_rows(rows)
+    text = report(rows, meta)
+    write_json(out / "results.json", rows, meta)
+    (out / "results.md").write_text(text + "\n")
+    print(text, flush=True)
+    plotted = plot(out / "speedups.png", rows)
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'speedups.png'}" if plotted else
+                                                                       " (no plot: matplotlib not installed)"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        write_outputs(out, data["results"], data["meta"])
+        return 0
     cfg = RunConfig(device=args.device, dtype=args.dtype or ("bf16" if args.device == "cuda" else "fp32"),
                     quick=args.quick, max_autotune=args.max_autotune,
                     cold_compile=args.device == "cuda" if args.cold_compile is None else args.cold_compile,
@@ -87,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers if args.workers is not None else (
         min(8, (os.cpu_count() or 2) // 2) if args.device == "cuda" else 0)
     tasks = tasks_for(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
 
     def log(line: str) -> None:
@@ -96,16 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"{len(tasks)} tasks on {cfg.device} ({cfg.dtype}), {workers or 'no'} worker processes")
     if workers:
-        lock = os.path.join(tempfile.gettempdir(), f"bench-timing-{os.getpid()}.lock")
-        rows = run_parallel(tasks, cfg, workers, args.budget, lock, log)
+        rows = run_parallel(tasks, cfg, workers, args.budget, args.timing_timeout, log)
     else:
         rows = run_serial(tasks, cfg, args.budget, log)
     meta = environment(cfg) | {"wall_s": round(time.monotonic() - start, 1), "argv": " ".join(sys.argv[1:])}
-    text = report(rows, meta)
-    write_json(out / "results.json", rows, meta)
-    (out / "results.md").write_text(text + "\n")
-    plotted = plot(out / "speedups.png", rows)
-    print(text)
-    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'speedups.png'}" if plotted else
-                                                                       " (no plot: matplotlib not installed)"))
+    write_outputs(out, rows, meta)
     return 0

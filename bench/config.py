@@ -38,14 +38,17 @@ class RunConfig:
 
 
 def setup_torch(cfg: RunConfig) -> None:
-    """Process-wide settings: room for the many compiled variants, cuDNN's best algorithm, compile caches off
+    """Process-wide settings: room for the many compiled variants (every shape compiled static, though they share
+    code objects such as Conv3d.forward, and none reset while another waits to be timed), cuDNN's best algorithm,
+    compile caches off
     (``cold_compile``) so compile times are cold and no variant reuses another's kernels; then one warm-up compile
     so that the compiler toolchain's one-time start is not counted against the first variant timed.
     """
     from .variants import register_backend_name
 
-    torch._dynamo.config.recompile_limit = 64
-    torch._dynamo.config.accumulated_recompile_limit = 4096
+    torch._dynamo.config.recompile_limit = 512
+    torch._dynamo.config.accumulated_recompile_limit = 8192
+    torch._dynamo.config.automatic_dynamic_shapes = False
     torch._inductor.config.force_disable_caches = cfg.cold_compile
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     register_backend_name()

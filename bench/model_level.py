@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ContextManager
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -15,10 +16,12 @@ from .timing import cpu_time, cuda_time, timed_first_call
 from .variants import model_variants
 
 
-def run_model(name: str, variant_name: str, cfg: RunConfig, lock: ContextManager[Any]) -> list[dict[str, Any]]:
-    """One result row per mode; the eager model in the run's dtype is the reference (a float32 copy of a 32k-token
-    model would not fit attention everywhere), gradients are over every parameter."""
-    torch._dynamo.reset()
+def prepare_model(name: str, variant_name: str, cfg: RunConfig) -> Callable[[], list[dict[str, Any]]]:
+    """Compile and check one model under one variant now; the returned function times it, one row per mode.
+
+    The eager model in the run's dtype is the reference (a float32 copy of a 32k-token model would not fit attention
+    everywhere); gradients are over every parameter.
+    """
     spec = spec_named(name, cfg.device, cfg.quick)
     variant = next(v for v in model_variants() if v.name == variant_name)
     torch.manual_seed(0)
@@ -33,8 +36,8 @@ def run_model(name: str, variant_name: str, cfg: RunConfig, lock: ContextManager
     base = {"kind": "model", "case": name, "source": spec.source, "variant": variant_name,
             "compiled": variant.compiled, "params_m": round(sum(p.numel() for p in params) / 1e6, 1)}
     fn = variant.make(model)
-    forward = lambda: fn(*inputs)  # noqa: E731
-    step = lambda: torch.autograd.grad(fn(*inputs), params, grad_out)  # noqa: E731
+    forward = lambda: fn(*inputs)
+    step = lambda: torch.autograd.grad(fn(*inputs), params, grad_out)
     info: dict[str, Any] = {}
     try:
         with conv_rewrite.collect_reports() as report:
@@ -48,8 +51,9 @@ def run_model(name: str, variant_name: str, cfg: RunConfig, lock: ContextManager
     except Exception as exc:  # reported in the results; the other variants still run
         info["error"] = describe(exc)
     del ref
-    rows = []
-    with lock:
+
+    def time_all() -> list[dict[str, Any]]:
+        rows = []
         for mode, call in ((FWD, forward), (STEP, step)):
             row = base | info | {"mode": mode}
             if "error" not in info:
@@ -60,4 +64,6 @@ def run_model(name: str, variant_name: str, cfg: RunConfig, lock: ContextManager
                 except Exception as exc:
                     row["error"] = describe(exc)
             rows.append(row)
-    return rows
+        return rows
+
+    return time_all

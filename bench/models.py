@@ -8,12 +8,12 @@ rotary embeddings; Qwen's window attention as fixed windows); faithful in the sh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class Attention(nn.Module):

@@ -1,17 +1,19 @@
 """Op level: one patchify conv shape, every variant, forward and forward+backward, checked and timed.
 
-Compiling happens before the timing lock is taken, so several worker processes compile while one times.
+Compiling and checking happen first; the timing is returned as a function to call later, when the GPU is free:
+worker processes compile in parallel and time one after another once every compile is done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import conv_rewrite
 
@@ -97,9 +99,9 @@ def _timer(cfg: RunConfig) -> Callable[[Callable[[], Any]], tuple[float, str]]:
     return lambda fn: cpu_time(fn, cfg.rep_ms)
 
 
-def run_shape(shape: Shape, tokens: bool, cfg: RunConfig, lock: ContextManager[Any]) -> list[dict[str, Any]]:
-    """Check and time every variant on one shape; one result row per (variant, fwd | fwd+bwd)."""
-    torch._dynamo.reset()
+def prepare_shape(shape: Shape, tokens: bool, cfg: RunConfig) -> Callable[[], list[dict[str, Any]]]:
+    """Compile and check every variant on one shape now; the returned function times them, one row per
+    (variant, fwd | fwd+bwd)."""
     torch.manual_seed(0)
     conv = make_conv(shape, cfg)
     x = torch.randn(shape.x, device=cfg.device, dtype=cfg.torch_dtype)
@@ -119,13 +121,16 @@ def run_shape(shape: Shape, tokens: bool, cfg: RunConfig, lock: ContextManager[A
                             lambda y: floor.as_output(y, tokens))
         prepared.append(("floor", floor, list(floor.parameters()), info | {"compiled": False}))
     del ref
-    rows = []
-    timer = _timer(cfg)
-    with lock:
+
+    def time_all() -> list[dict[str, Any]]:
+        rows = []
+        timer = _timer(cfg)
         for name, fn, params, info in prepared:
             g = grad_out.reshape(-1, shape.out_channels) if name == "floor" else grad_out
             rows += _time_variant(name, fn, x, params, g, timer, base, info)
-    return rows
+        return rows
+
+    return time_all
 
 
 def _first_calls(fn: Callable[..., Any], x: torch.Tensor, params: list[torch.Tensor], grad_out: torch.Tensor,

@@ -1,22 +1,26 @@
-"""Run benchmark tasks, in this process or in worker processes that compile in parallel and time one at a time.
+"""Run benchmark tasks, in this process or in worker processes: compile in parallel, then time one at a time.
 
-Compiling dominates a GPU run. Workers compile their task's variants concurrently, then take a file lock for the
-timing, so measurements never overlap. The parent gives each task a time limit (a task past it is killed with its
-worker, which is replaced) and the whole run a budget (tasks not started by then are reported as skipped).
+Compiling dominates a GPU run, and a compile's first call runs on the GPU, so timing while any other process
+compiles would measure the interference. Workers therefore first prepare (compile and check) every task they are
+given, all in parallel; only when every task is prepared does the parent ask each worker in turn to time its tasks,
+with the GPU otherwise idle. The parent gives each task a time limit (past it the task is killed with its worker,
+which is replaced; that worker's other prepared tasks are lost and reported) and the run a budget (tasks not started
+by then are reported as skipped).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .config import RunConfig
+
+Timing = Callable[[], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -34,55 +38,42 @@ class Task:
         return " ".join(p for p in (self.kind, self.name, "+tokens" if self.tokens else "", self.variant) if p)
 
 
-def execute(task: Task, cfg: RunConfig, lock: Any) -> list[dict[str, Any]]:
-    """Run one task and free what it held on the device."""
-    import torch
-
-    from .model_level import run_model
-    from .ops import describe, run_shape
-    from .shapes import shapes_for
-
-    try:
-        if task.kind == "op":
-            return run_shape(shapes_for(cfg.device, False, [task.name])[0], task.tokens, cfg, lock)
-        return run_model(task.name, task.variant, cfg, lock)
-    except Exception as exc:  # e.g. out of memory building the inputs: reported, the run goes on
-        return [failed(task, describe(exc))]
-    finally:
-        torch._dynamo.reset()
-        if cfg.device == "cuda":
-            torch.cuda.empty_cache()
-
-
 def failed(task: Task, why: str) -> dict[str, Any]:
     return {"kind": task.kind, "case": task.name + (" +tokens" if task.tokens else ""), "variant": task.variant or "*",
             "mode": "*", "error": why}
 
 
-@contextlib.contextmanager
-def file_lock(path: str) -> Iterator[None]:
-    """An exclusive lock across processes; released by the OS if its holder dies."""
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def prepare(task: Task, cfg: RunConfig) -> Timing:
+    """Compile and check one task; returns the function that times it (or reports why it could not run)."""
+    import torch
+
+    from .model_level import prepare_model
+    from .ops import describe, prepare_shape
+    from .shapes import shapes_for
+
+    try:
+        if task.kind == "op":
+            return prepare_shape(shapes_for(cfg.device, False, [task.name])[0], task.tokens, cfg)
+        return prepare_model(task.name, task.variant, cfg)
+    except Exception as exc:  # e.g. out of memory building the inputs: reported, the run goes on
+        why = describe(exc)
+        return lambda: [failed(task, why)]
+    finally:
+        if cfg.device == "cuda":
+            torch.cuda.empty_cache()
 
 
-def _worker(conn: Connection, cfg: RunConfig, lock_path: str) -> None:
-    from .config import setup_torch
+def _time(task: Task, timing: Timing) -> list[dict[str, Any]]:
+    from .ops import describe
 
-    setup_torch(cfg)
-    while True:
-        task = conn.recv()
-        if task is None:
-            return
-        conn.send(execute(task, cfg, file_lock(lock_path)))
+    try:
+        return timing()
+    except Exception as exc:
+        return [failed(task, describe(exc))]
 
 
 def run_serial(tasks: list[Task], cfg: RunConfig, budget_s: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Every task in this process, in order (no per-task time limit: nothing can stop a task from outside)."""
+    """Every task in this process, prepared then timed, in order (no per-task time limit)."""
     from .config import setup_torch
 
     setup_torch(cfg)
@@ -93,20 +84,40 @@ def run_serial(tasks: list[Task], cfg: RunConfig, budget_s: float, log: Callable
             rows.append(failed(task, "skipped: run budget spent"))
             continue
         start = time.monotonic()
-        rows += execute(task, cfg, contextlib.nullcontext())
+        rows += _time(task, prepare(task, cfg))
         log(f"{task.label}: {time.monotonic() - start:.1f} s")
     return rows
 
 
-class _Slot:
-    """One worker process and the task it is running."""
+def _worker(conn: Connection, cfg: RunConfig) -> None:
+    """Prepare each task received; on None, time every prepared task and send all rows back."""
+    from .config import setup_torch
 
-    def __init__(self, ctx: Any, cfg: RunConfig, lock_path: str):
+    setup_torch(cfg)
+    prepared: list[tuple[Task, Timing]] = []
+    while True:
+        task = conn.recv()
+        if task is not None:
+            prepared.append((task, prepare(task, cfg)))
+            conn.send(task.label)
+            continue
+        rows: list[dict[str, Any]] = []
+        for done, timing in prepared:
+            rows += _time(done, timing)
+        conn.send(rows)
+        return
+
+
+class _Slot:
+    """One worker process, the tasks it has prepared and the one it is preparing."""
+
+    def __init__(self, ctx: Any, cfg: RunConfig):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker, args=(child, cfg, lock_path), daemon=True)
+        self.process = ctx.Process(target=_worker, args=(child, cfg), daemon=True)
         self.process.start()
         child.close()
         self.task: Task | None = None
+        self.done: list[Task] = []
         self.started = 0.0
 
     def give(self, task: Task) -> None:
@@ -119,7 +130,7 @@ class _Slot:
         self.conn.close()
 
 
-def run_parallel(tasks: list[Task], cfg: RunConfig, workers: int, budget_s: float, lock_path: str,
+def run_parallel(tasks: list[Task], cfg: RunConfig, workers: int, budget_s: float, timing_timeout_s: float,
                  log: Callable[[str], None]) -> list[dict[str, Any]]:
     """The tasks over ``workers`` processes; each compiles with one thread so that the CPU cores are shared."""
     os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
@@ -127,41 +138,57 @@ def run_parallel(tasks: list[Task], cfg: RunConfig, workers: int, budget_s: floa
     deadline = time.monotonic() + budget_s
     pending = list(tasks)
     rows: list[dict[str, Any]] = []
-    slots = [_Slot(ctx, cfg, lock_path) for _ in range(min(workers, len(tasks)))]
+    slots = [_Slot(ctx, cfg) for _ in range(min(workers, len(tasks)))]
+
+    def lose(slot: _Slot, why: str) -> None:
+        rows.extend(failed(t, why) for t in ([slot.task] if slot.task else []) + slot.done)
+        slot.kill()
+        slot.task, slot.done = None, []
+
     try:
         while pending or any(s.task for s in slots):
-            for slot in slots:
+            for i, slot in enumerate(slots):
                 if slot.task is None and pending and time.monotonic() < deadline:
+                    if not slot.process.is_alive():
+                        slots[i] = slot = _Slot(ctx, cfg)
                     slot.give(pending.pop(0))
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline and pending:
                 rows += [failed(t, "skipped: run budget spent") for t in pending]
                 pending.clear()
             busy = {s.conn: s for s in slots if s.task}
             for conn in wait(list(busy), timeout=1.0):
                 slot = busy[conn]
                 try:
-                    rows += conn.recv()
-                    log(f"{slot.task.label}: {time.monotonic() - slot.started:.1f} s")
-                except EOFError:
-                    rows.append(failed(slot.task, "worker died (see its output above)"))
-                    slots[slots.index(slot)] = _Slot(ctx, cfg, lock_path)
-                    slot.kill()
+                    conn.recv()
+                except (EOFError, OSError):
+                    lose(slot, "worker died while compiling (see its output above)")
                     continue
+                log(f"prepared {slot.task.label}: {time.monotonic() - slot.started:.1f} s")
+                slot.done.append(slot.task)
                 slot.task = None
             now = time.monotonic()
-            for i, slot in enumerate(slots):
-                limit = min(slot.started + slot.task.timeout_s, deadline + 30) if slot.task else None
-                if limit is not None and now > limit:
-                    rows.append(failed(slot.task, f"timeout after {now - slot.started:.0f} s"))
-                    log(f"{slot.task.label}: TIMEOUT")
-                    slot.kill()
-                    slots[i] = _Slot(ctx, cfg, lock_path) if pending else slot
-                    slot.task = None
+            for slot in slots:
+                if slot.task and now > min(slot.started + slot.task.timeout_s, deadline + 30):
+                    log(f"{slot.task.label}: TIMEOUT while compiling")
+                    lose(slot, f"timeout after {now - slot.started:.0f} s compiling (or lost with its worker)")
+        log("all prepared; timing worker by worker")
+        timing_deadline = time.monotonic() + timing_timeout_s
+        for slot in slots:
+            if not slot.done or not slot.process.is_alive():
+                continue
+            slot.conn.send(None)
+            if slot.conn.poll(max(1.0, timing_deadline - time.monotonic())):
+                try:
+                    rows += slot.conn.recv()
+                    log(f"timed {len(slot.done)} tasks")
+                    slot.done = []
+                except (EOFError, OSError):
+                    lose(slot, "worker died while timing")
+            else:
+                lose(slot, f"timing phase over its {timing_timeout_s:.0f} s")
     finally:
         for slot in slots:
             if slot.process.is_alive():
-                with contextlib.suppress(Exception):
-                    slot.conn.send(None)
                 slot.process.join(timeout=10)
                 if slot.process.is_alive():
                     slot.kill()

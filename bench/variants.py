@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import conv_rewrite
 
@@ -60,10 +61,12 @@ class Tokens(nn.Module):
 
 def register_backend_name() -> None:
     """Make ``backend="conv_rewrite"`` work when the package runs from a checkout (no entry point installed)."""
+    import importlib
+
     from torch._dynamo import list_backends, register_backend
 
     if "conv_rewrite" not in list_backends(exclude_tags=()):
-        register_backend(conv_rewrite.backend.conv_rewrite_backend, "conv_rewrite")
+        register_backend(importlib.import_module("conv_rewrite.backend").conv_rewrite_backend, "conv_rewrite")
 
 
 def has_convert() -> bool:
