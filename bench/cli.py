@@ -34,15 +34,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-models", action="store_true", help="skip the model level")
     p.add_argument("--no-tokens", action="store_true", help="skip the .flatten(2).transpose(1, 2) consumer cases")
     p.add_argument("--variants", help="comma-separated columns to run (default: all), e.g. conv,rw_backend,floor")
-    p.add_argument("--cold-compile", action=argparse.BooleanOptionalAction,
-                   help="compile with Inductor's caches off, for cold compile times (default: on for cuda, off for cpu)")
+    p.add_argument(
+        "--cold-compile",
+        action=argparse.BooleanOptionalAction,
+        help="compile with Inductor's caches off, for cold compile times (default: on for cuda, off for cpu)",
+    )
     p.add_argument("--workers", type=int, help="compile in N processes (default: cuda min(8, cores/2), cpu 0)")
-    p.add_argument("--budget", type=float, default=3600.0,
-                   help="seconds for compiling; tasks not started by then are skipped")
+    p.add_argument(
+        "--budget", type=float, default=3600.0, help="seconds for compiling; tasks not started by then are skipped"
+    )
     p.add_argument("--op-timeout", type=float, default=240.0, help="compile seconds per op shape (parallel runs)")
-    p.add_argument("--model-timeout", type=float, default=480.0, help="compile seconds per model variant (parallel runs)")
-    p.add_argument("--timing-timeout", type=float, default=300.0, help="seconds for the whole timing phase of a parallel run")
-    p.add_argument("--rep-ms", type=float, help="timing budget per measurement, x3 for models (default: 20 cuda, 100 cpu)")
+    p.add_argument(
+        "--model-timeout", type=float, default=480.0, help="compile seconds per model variant (parallel runs)"
+    )
+    p.add_argument(
+        "--timing-timeout", type=float, default=300.0, help="seconds for the whole timing phase of a parallel run"
+    )
+    p.add_argument(
+        "--rep-ms", type=float, help="timing budget per measurement, x3 for models (default: 20 cuda, 100 cpu)"
+    )
     p.add_argument("--out", default="bench_results", help="output folder for results.json, results.md, speedups.png")
     p.add_argument("--from-json", help="only re-render the tables and plot of an earlier results.json into --out")
     return p.parse_args(argv)
@@ -53,8 +63,11 @@ def tasks_for(args: argparse.Namespace) -> list[Task]:
     tasks: list[Task] = []
     if not args.no_models:
         for spec in models_for(args.device, args.quick, args.models.split(",") if args.models else None):
-            tasks += [Task("model", spec.name, variant=v.name, timeout_s=args.model_timeout) for v in model_variants()
-                      if not args.variants or v.name in args.variants.split(",")]
+            tasks += [
+                Task("model", spec.name, variant=v.name, timeout_s=args.model_timeout)
+                for v in model_variants()
+                if not args.variants or v.name in args.variants.split(",")
+            ]
     if not args.no_ops:
         for shape in shapes_for(args.device, args.quick, args.shapes.split(",") if args.shapes else None):
             tasks.append(Task("op", shape.name, timeout_s=args.op_timeout))
@@ -65,15 +78,24 @@ def tasks_for(args: argparse.Namespace) -> list[Task]:
 
 def environment(cfg: RunConfig) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "date": datetime.date.today().isoformat(), "torch": torch.__version__, "python": platform.python_version(),
-        "device": cfg.device, "dtype": cfg.dtype, "max_autotune": cfg.max_autotune, "cold_compile": cfg.cold_compile,
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": cfg.device,
+        "dtype": cfg.dtype,
+        "max_autotune": cfg.max_autotune,
+        "cold_compile": cfg.cold_compile,
         "convert_": "available" if has_convert() else "not in this checkout (column skipped)",
     }
     if cfg.device == "cuda":
         import triton
 
-        meta |= {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
-                 "cudnn": torch.backends.cudnn.version(), "triton": triton.__version__}
+        meta |= {
+            "gpu": torch.cuda.get_device_name(),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "triton": triton.__version__,
+        }
     else:
         meta |= {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     return meta
@@ -87,8 +109,10 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
     (out / "results.md").write_text(text + "\n")
     print(text, flush=True)
     plotted = plot(out / "speedups.png", rows)
-    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'speedups.png'}" if plotted else
-                                                                       " (no plot: matplotlib not installed)"))
+    print(
+        f"\nwrote {out / 'results.json'}, {out / 'results.md'}"
+        + (f", {out / 'speedups.png'}" if plotted else " (no plot: matplotlib not installed)")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,14 +123,21 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(Path(args.from_json).read_text())
         write_outputs(out, data["results"], data["meta"])
         return 0
-    cfg = RunConfig(device=args.device, dtype=args.dtype or ("bf16" if args.device == "cuda" else "fp32"),
-                    quick=args.quick, max_autotune=args.max_autotune,
-                    cold_compile=args.device == "cuda" if args.cold_compile is None else args.cold_compile,
-                    only=tuple(args.variants.split(",")) if args.variants else (),
-                    rep_ms=args.rep_ms or (20.0 if args.device == "cuda" else 100.0),
-                    model_rep_ms=3 * (args.rep_ms or (20.0 if args.device == "cuda" else 100.0)))
-    workers = args.workers if args.workers is not None else (
-        min(8, (os.cpu_count() or 2) // 2) if args.device == "cuda" else 0)
+    cfg = RunConfig(
+        device=args.device,
+        dtype=args.dtype or ("bf16" if args.device == "cuda" else "fp32"),
+        quick=args.quick,
+        max_autotune=args.max_autotune,
+        cold_compile=args.device == "cuda" if args.cold_compile is None else args.cold_compile,
+        only=tuple(args.variants.split(",")) if args.variants else (),
+        rep_ms=args.rep_ms or (20.0 if args.device == "cuda" else 100.0),
+        model_rep_ms=3 * (args.rep_ms or (20.0 if args.device == "cuda" else 100.0)),
+    )
+    workers = (
+        args.workers
+        if args.workers is not None
+        else (min(8, (os.cpu_count() or 2) // 2) if args.device == "cuda" else 0)
+    )
     tasks = tasks_for(args)
     start = time.monotonic()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -40,12 +41,14 @@ class RunConfig:
 def setup_torch(cfg: RunConfig) -> None:
     """Process-wide settings: room for the many compiled variants (every shape compiled static, though they share
     code objects such as Conv3d.forward, and none reset while another waits to be timed), cuDNN's best algorithm,
-    compile caches off
-    (``cold_compile``) so compile times are cold and no variant reuses another's kernels; then one warm-up compile
-    so that the compiler toolchain's one-time start is not counted against the first variant timed.
+    compile caches off (``cold_compile``) so compile times are cold and no variant reuses another's kernels; then
+    one warm-up compile so that the compiler toolchain's one-time start is not counted against the first variant
+    timed. The rewrite
+    columns measure the rewrite itself: policy "always" unless CONV_REWRITE_POLICY says otherwise (e.g. "auto").
     """
     from .variants import register_backend_name
 
+    os.environ.setdefault("CONV_REWRITE_POLICY", "always")
     torch._dynamo.config.recompile_limit = 512
     torch._dynamo.config.accumulated_recompile_limit = 8192
     torch._dynamo.config.automatic_dynamic_shapes = False

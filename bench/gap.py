@@ -96,16 +96,19 @@ def ideas(shape_name: str) -> Ideas:
     }
     if shape_name in PROLOGUE_ONLY:
         out["hand max-autotune (prologue fusion on)"] = lambda c: torch.compile(
-            Tokens(HandPatchify(c)), options=ma | {"prologue_fusion": True})
+            Tokens(HandPatchify(c)), options=ma | {"prologue_fusion": True}
+        )
     if shape_name in AUTOTUNED:
         out |= {
             "hand max-autotune, prologue fusion off": lambda c: torch.compile(
-                Tokens(HandPatchify(c)), options=ma | {"prologue_fusion": False}),
+                Tokens(HandPatchify(c)), options=ma | {"prologue_fusion": False}
+            ),
             "hand max-autotune, prologue fusion on": lambda c: torch.compile(
-                Tokens(HandPatchify(c)), options=ma | {"prologue_fusion": True}),
+                Tokens(HandPatchify(c)), options=ma | {"prologue_fusion": True}
+            ),
             "hand max-autotune, Triton mm only, prologue on": lambda c: torch.compile(
-                Tokens(HandPatchify(c)),
-                options=ma | {"prologue_fusion": True, "max_autotune_gemm_backends": "TRITON"}),
+                Tokens(HandPatchify(c)), options=ma | {"prologue_fusion": True, "max_autotune_gemm_backends": "TRITON"}
+            ),
         }
     return out
 
@@ -134,7 +137,8 @@ def run(shape_name: str, cfg: RunConfig) -> list[dict[str, Any]]:
     from .implicit_gemm import patchify_gemm
 
     candidates: dict[str, Callable[[], Any]] = {
-        "floor (GEMM on pre-patchified rows)": lambda: F.linear(rows_in, w2, conv.bias).view(ref.shape)}
+        "floor (GEMM on pre-patchified rows)": lambda: F.linear(rows_in, w2, conv.bias).view(ref.shape)
+    }
     compiled = ideas(shape_name) | (conv_layout_ideas(shape_name) if ref_conv is not None else {})
     for name, make in compiled.items():
         candidates[name] = functools.partial(make(conv), x)
@@ -181,9 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         rows += run(name, cfg)
         print(f"{name}: {start - begin + (time.perf_counter() - start):.1f} s", flush=True)
         (Path(args.out) / "gap.json").write_text(json.dumps(rows, indent=1, default=str))
-    body = [[r["shape"], r["idea"], f"{r['ms']:.4f}" if "ms" in r else "ERR",
-             f"{r['over_floor']:.2f}" if r.get("over_floor") else "-", f"{r['err']:.1e}" if "err" in r else "-",
-             (r.get("error") or r.get("kernels", ""))[:90]] for r in rows]
+    body = [
+        [
+            r["shape"],
+            r["idea"],
+            f"{r['ms']:.4f}" if "ms" in r else "ERR",
+            f"{r['over_floor']:.2f}" if r.get("over_floor") else "-",
+            f"{r['err']:.1e}" if "err" in r else "-",
+            (r.get("error") or r.get("kernels", ""))[:90],
+        ]
+        for r in rows
+    ]
     print(tabulate(body, headers=["shape", "idea", "ms", "/ floor", "err", "kernels"], tablefmt="github"))
     return 0
 

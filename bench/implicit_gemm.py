@@ -16,16 +16,40 @@ import triton.language as tl
 _CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
     for bm, bn, bk, w, s in (
-        (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 64, 64, 4, 4),
+        (128, 128, 64, 8, 3),
+        (128, 256, 64, 8, 3),
+        (256, 128, 64, 8, 3),
+        (128, 64, 64, 4, 4),
     )
 ]
 
 
 @triton.autotune(configs=_CONFIGS, key=["M", "N", "K", "KT", "KH", "KW"])
 @triton.jit
-def _patchify_gemm(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, OT, OH, OW, s_b, s_c, s_t, s_h,
-                   KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+def _patchify_gemm(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    OT,
+    OH,
+    OW,
+    s_b,
+    s_c,
+    s_t,
+    s_h,
+    KT: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -76,7 +100,26 @@ def patchify_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     w2 = weight.reshape(out_channels, k).contiguous()
     y = torch.empty(m, out_channels, device=x.device, dtype=x.dtype)
     s_b, s_c, s_t, s_h, _ = x5.stride()
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(out_channels, meta["BLOCK_N"]),)
-    _patchify_gemm[grid](x5, w2, bias if bias is not None else w2, y, m, out_channels, k, *outs, s_b, s_c, s_t, s_h,
-                         KT=kernel[0], KH=kernel[1], KW=kernel[2], HAS_BIAS=bias is not None)
+
+    def grid(meta: dict[str, int]) -> tuple[int]:
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(out_channels, meta["BLOCK_N"]),)
+
+    _patchify_gemm[grid](
+        x5,
+        w2,
+        bias if bias is not None else w2,
+        y,
+        m,
+        out_channels,
+        k,
+        *outs,
+        s_b,
+        s_c,
+        s_t,
+        s_h,
+        KT=kernel[0],
+        KH=kernel[1],
+        KW=kernel[2],
+        HAS_BIAS=bias is not None,
+    )
     return y.view(batch, -1, out_channels)

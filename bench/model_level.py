@@ -33,11 +33,22 @@ def prepare_model(name: str, variant_name: str, cfg: RunConfig) -> Callable[[], 
         ref = model(*inputs).float()
     params = [p for p in model.parameters() if p.requires_grad]
     grad_out = torch.randn(ref.shape, device=cfg.device, dtype=cfg.torch_dtype)
-    base = {"kind": "model", "case": name, "source": spec.source, "variant": variant_name,
-            "compiled": variant.compiled, "params_m": round(sum(p.numel() for p in params) / 1e6, 1)}
+    base = {
+        "kind": "model",
+        "case": name,
+        "source": spec.source,
+        "variant": variant_name,
+        "compiled": variant.compiled,
+        "params_m": round(sum(p.numel() for p in params) / 1e6, 1),
+    }
     fn = variant.make(model)
-    forward = lambda: fn(*inputs)
-    step = lambda: torch.autograd.grad(fn(*inputs), params, grad_out)
+
+    def forward() -> Any:
+        return fn(*inputs)
+
+    def step() -> Any:
+        return torch.autograd.grad(fn(*inputs), params, grad_out)
+
     info: dict[str, Any] = {}
     try:
         with conv_rewrite.collect_reports() as report:
@@ -59,8 +70,11 @@ def prepare_model(name: str, variant_name: str, cfg: RunConfig) -> Callable[[], 
             if "error" not in info:
                 try:
                     with torch.set_grad_enabled(mode == STEP):
-                        row["ms"], row["method"] = (cuda_time(call, cfg.model_rep_ms, graph=False)
-                                                    if cfg.device == "cuda" else cpu_time(call, cfg.model_rep_ms))
+                        row["ms"], row["method"] = (
+                            cuda_time(call, cfg.model_rep_ms, graph=False)
+                            if cfg.device == "cuda"
+                            else cpu_time(call, cfg.model_rep_ms)
+                        )
                 except Exception as exc:
                     row["error"] = describe(exc)
             rows.append(row)

@@ -56,11 +56,22 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; optional cross-attention and adaLN modulation (shift, scale, gate) as in DiTs."""
 
-    def __init__(self, dim: int, heads: int, hidden: int, *, rms: bool = False, gated: bool = False,
-                 qk_norm: bool = False, cross: bool = False, modulated: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        hidden: int,
+        *,
+        rms: bool = False,
+        gated: bool = False,
+        qk_norm: bool = False,
+        cross: bool = False,
+        modulated: bool = False,
+    ):
         super().__init__()
-        norm: Callable[[], nn.Module] = (lambda: nn.RMSNorm(dim)) if rms else (
-            lambda: nn.LayerNorm(dim, elementwise_affine=not modulated))
+        norm: Callable[[], nn.Module] = (
+            (lambda: nn.RMSNorm(dim)) if rms else (lambda: nn.LayerNorm(dim, elementwise_affine=not modulated))
+        )
         self.norm1, self.norm2 = norm(), norm()
         self.attn = Attention(dim, heads, qk_norm)
         self.cross = Attention(dim, heads, qk_norm) if cross else None
@@ -68,7 +79,9 @@ class Block(nn.Module):
         self.mlp = MLP(dim, hidden, gated)
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5) if modulated else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mod: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mod: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.modulation is not None and mod is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.modulation).unbind(1)
             x = x + gate1[:, None] * self.attn(self.norm1(x) * (1 + scale1[:, None]) + shift1[:, None])
@@ -99,7 +112,8 @@ class WanStyleDiT(nn.Module):
         self.time = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(
-            Block(dim, heads, hidden, qk_norm=True, cross=True, modulated=True) for _ in range(depth))
+            Block(dim, heads, hidden, qk_norm=True, cross=True, modulated=True) for _ in range(depth)
+        )
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False)
         self.head = nn.Linear(dim, 16 * math.prod(self.patch))
 
@@ -122,8 +136,15 @@ class WanStyleDiT(nn.Module):
 class QwenStyleVisionTower(nn.Module):
     """Qwen2.5-VL vision tower-style: flat patches -> Conv3d(3->1280, (2,14,14), bias=False) -> blocks -> 2x2 merger."""
 
-    def __init__(self, dim: int = 1280, heads: int = 16, hidden: int = 3420, depth: int = 2, window: int = 1024,
-                 out_dim: int = 3584):
+    def __init__(
+        self,
+        dim: int = 1280,
+        heads: int = 16,
+        hidden: int = 3420,
+        depth: int = 2,
+        window: int = 1024,
+        out_dim: int = 3584,
+    ):
         super().__init__()
         self.dim = dim
         self.window = window
@@ -169,8 +190,11 @@ class ModelSpec:
 
 def _wan(shape: tuple[int, ...], text_len: int) -> ModelSpec:
     def inputs(device: str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        return (torch.randn(shape, device=device, dtype=dtype), torch.full((shape[0],), 500.0, device=device),
-                torch.randn(shape[0], text_len, 4096, device=device, dtype=dtype))
+        return (
+            torch.randn(shape, device=device, dtype=dtype),
+            torch.full((shape[0],), 500.0, device=device),
+            torch.randn(shape[0], text_len, 4096, device=device, dtype=dtype),
+        )
 
     return ModelSpec("wan_dit", f"Wan 1.3B-style DiT, latent {shape}, 2 blocks", WanStyleDiT, inputs)
 
@@ -180,8 +204,12 @@ def _qwen(patches: int) -> ModelSpec:
         return (torch.randn(patches, 3 * 2 * 14 * 14, device=device, dtype=dtype),)
 
     window = min(1024, patches)
-    return ModelSpec("qwen25vl_vision", f"Qwen2.5-VL-style vision tower, {patches} patches, 2 blocks",
-                     lambda: QwenStyleVisionTower(window=window), inputs)
+    return ModelSpec(
+        "qwen25vl_vision",
+        f"Qwen2.5-VL-style vision tower, {patches} patches, 2 blocks",
+        lambda: QwenStyleVisionTower(window=window),
+        inputs,
+    )
 
 
 def _videomae(shape: tuple[int, ...], depth: int = 2) -> ModelSpec:
@@ -190,8 +218,12 @@ def _videomae(shape: tuple[int, ...], depth: int = 2) -> ModelSpec:
     def inputs(device: str, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         return (torch.randn(shape, device=device, dtype=dtype),)
 
-    return ModelSpec("videomae_b", f"VideoMAE-B-style encoder, video {shape}, {depth} block(s)",
-                     lambda: VideoMAEStyleEncoder(tokens, depth=depth), inputs)
+    return ModelSpec(
+        "videomae_b",
+        f"VideoMAE-B-style encoder, video {shape}, {depth} block(s)",
+        lambda: VideoMAEStyleEncoder(tokens, depth=depth),
+        inputs,
+    )
 
 
 GPU_MODELS = (_wan((1, 16, 21, 60, 104), 512), _qwen(16384), _videomae((8, 3, 16, 224, 224)))

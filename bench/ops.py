@@ -117,8 +117,15 @@ def prepare_shape(shape: Shape, tokens: bool, cfg: RunConfig) -> Callable[[], li
         prepared.append((variant.name, fn, params, info | {"compiled": variant.compiled}))
     if cfg.wants("floor"):
         floor = Floor(conv, patch_rows(x, shape.kernel), tuple(reference(conv, x, False).shape))
-        info = _first_calls(floor, x, list(floor.parameters()), grad_out.reshape(-1, shape.out_channels), ref, cfg,
-                            lambda y: floor.as_output(y, tokens))
+        info = _first_calls(
+            floor,
+            x,
+            list(floor.parameters()),
+            grad_out.reshape(-1, shape.out_channels),
+            ref,
+            cfg,
+            lambda y: floor.as_output(y, tokens),
+        )
         prepared.append(("floor", floor, list(floor.parameters()), info | {"compiled": False}))
     del ref
 
@@ -133,15 +140,24 @@ def prepare_shape(shape: Shape, tokens: bool, cfg: RunConfig) -> Callable[[], li
     return time_all
 
 
-def _first_calls(fn: Callable[..., Any], x: torch.Tensor, params: list[torch.Tensor], grad_out: torch.Tensor,
-                 ref: torch.Tensor, cfg: RunConfig, as_output: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+def _first_calls(
+    fn: Callable[..., Any],
+    x: torch.Tensor,
+    params: list[torch.Tensor],
+    grad_out: torch.Tensor,
+    ref: torch.Tensor,
+    cfg: RunConfig,
+    as_output: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, Any]:
     """Compile (first calls), record compile seconds, rewritten convs and the error against the float32 conv."""
     info: dict[str, Any] = {}
     try:
         with conv_rewrite.collect_reports() as report:
             with torch.no_grad():
                 out, info["compile_fwd_s"] = timed_first_call(lambda: fn(x), cfg.device)
-            _, info["compile_step_s"] = timed_first_call(lambda: torch.autograd.grad(fn(x), params, grad_out), cfg.device)
+            _, info["compile_step_s"] = timed_first_call(
+                lambda: torch.autograd.grad(fn(x), params, grad_out), cfg.device
+            )
         info["rewritten"] = len(report.rewritten)
         info["err"] = rel_err(as_output(out), ref)
         info["ok"] = info["err"] <= cfg.tolerance
@@ -150,9 +166,16 @@ def _first_calls(fn: Callable[..., Any], x: torch.Tensor, params: list[torch.Ten
     return info
 
 
-def _time_variant(name: str, fn: Callable[..., Any], x: torch.Tensor, params: list[torch.Tensor], grad_out: torch.Tensor,
-                  timer: Callable[[Callable[[], Any]], tuple[float, str]], base: dict[str, Any],
-                  info: dict[str, Any]) -> list[dict[str, Any]]:
+def _time_variant(
+    name: str,
+    fn: Callable[..., Any],
+    x: torch.Tensor,
+    params: list[torch.Tensor],
+    grad_out: torch.Tensor,
+    timer: Callable[[Callable[[], Any]], tuple[float, str]],
+    base: dict[str, Any],
+    info: dict[str, Any],
+) -> list[dict[str, Any]]:
     rows = []
     for mode in (FWD, STEP):
         row = base | info | {"variant": name, "mode": mode}

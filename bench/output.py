@@ -18,8 +18,10 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from .models import CPU_MODELS, GPU_MODELS
     from .shapes import CPU_SHAPES, GPU_SHAPES, TINY_SHAPES
 
-    names = {"model": [m.name for m in GPU_MODELS + CPU_MODELS],
-             "op": [s.name for s in GPU_SHAPES + CPU_SHAPES + TINY_SHAPES]}
+    names = {
+        "model": [m.name for m in GPU_MODELS + CPU_MODELS],
+        "op": [s.name for s in GPU_SHAPES + CPU_SHAPES + TINY_SHAPES],
+    }
 
     def key(row: dict[str, Any]) -> tuple[int, int, bool]:
         case = row.get("case", "")
@@ -89,21 +91,50 @@ def ratio_rows(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
             if t is None:
                 continue
             gflop = next((c.get("gflop") for c in cells.values() if c.get("gflop")), None)
-            out.append({
-                "case": case, "mode": mode, "form": form, "ms": t, "gflop": gflop,
-                "vs_eager": _ratio(peers["conv"] or peers["eager"], t), "vs_inductor": _ratio(peers["inductor"], t),
-                "vs_best_peer": _ratio(best_peer, t), "over_hand": _ratio(t, peers["hand"]),
-                "over_floor": _ratio(t, peers["floor"]),
-                "convert_vs_eager": _ratio(peers["conv"] or peers["eager"], peers["convert"]),
-            })
+            out.append(
+                {
+                    "case": case,
+                    "mode": mode,
+                    "form": form,
+                    "ms": t,
+                    "gflop": gflop,
+                    "vs_eager": _ratio(peers["conv"] or peers["eager"], t),
+                    "vs_inductor": _ratio(peers["inductor"], t),
+                    "vs_best_peer": _ratio(best_peer, t),
+                    "over_hand": _ratio(t, peers["hand"]),
+                    "over_floor": _ratio(t, peers["floor"]),
+                    "convert_vs_eager": _ratio(peers["conv"] or peers["eager"], peers["convert"]),
+                }
+            )
     return out
 
 
 def ratios_table(rows: list[dict[str, Any]], kind: str) -> str:
-    body = [[r["case"], r["mode"], r["form"], _fmt(r["ms"]), _fmt(r["vs_eager"], 2), _fmt(r["vs_inductor"], 2),
-             _fmt(r["over_hand"], 2), _fmt(r["over_floor"], 2), _fmt(r["convert_vs_eager"], 2)]
-            for r in ratio_rows(rows, kind)]
-    headers = ["case", "mode", "rewrite", "ms", "x vs eager", "x vs inductor", "/ hand", "/ floor*", "convert_ x vs eager"]
+    body = [
+        [
+            r["case"],
+            r["mode"],
+            r["form"],
+            _fmt(r["ms"]),
+            _fmt(r["vs_eager"], 2),
+            _fmt(r["vs_inductor"], 2),
+            _fmt(r["over_hand"], 2),
+            _fmt(r["over_floor"], 2),
+            _fmt(r["convert_vs_eager"], 2),
+        ]
+        for r in ratio_rows(rows, kind)
+    ]
+    headers = [
+        "case",
+        "mode",
+        "rewrite",
+        "ms",
+        "x vs eager",
+        "x vs inductor",
+        "/ hand",
+        "/ floor*",
+        "convert_ x vs eager",
+    ]
     return tabulate(body, headers=headers, tablefmt="github")
 
 
@@ -120,18 +151,35 @@ def compile_rows(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
             row = seen.get((case, form))
             if row is None or base is None:
                 continue
-            out.append({"case": case, "form": form,
-                        "inductor_fwd_s": base["compile_fwd_s"], "fwd_s": row["compile_fwd_s"],
-                        "inductor_step_s": base["compile_step_s"], "step_s": row["compile_step_s"],
-                        "fwd_overhead": row["compile_fwd_s"] / base["compile_fwd_s"] - 1,
-                        "step_overhead": row["compile_step_s"] / base["compile_step_s"] - 1})
+            out.append(
+                {
+                    "case": case,
+                    "form": form,
+                    "inductor_fwd_s": base["compile_fwd_s"],
+                    "fwd_s": row["compile_fwd_s"],
+                    "inductor_step_s": base["compile_step_s"],
+                    "step_s": row["compile_step_s"],
+                    "fwd_overhead": row["compile_fwd_s"] / base["compile_fwd_s"] - 1,
+                    "step_overhead": row["compile_step_s"] / base["compile_step_s"] - 1,
+                }
+            )
     return out
 
 
 def compile_table(rows: list[dict[str, Any]], kind: str) -> str:
-    body = [[r["case"], r["form"], _fmt(r["inductor_fwd_s"], 2), _fmt(r["fwd_s"], 2), f"{100 * r['fwd_overhead']:+.0f}%",
-             _fmt(r["inductor_step_s"], 2), _fmt(r["step_s"], 2), f"{100 * r['step_overhead']:+.0f}%"]
-            for r in compile_rows(rows, kind)]
+    body = [
+        [
+            r["case"],
+            r["form"],
+            _fmt(r["inductor_fwd_s"], 2),
+            _fmt(r["fwd_s"], 2),
+            f"{100 * r['fwd_overhead']:+.0f}%",
+            _fmt(r["inductor_step_s"], 2),
+            _fmt(r["step_s"], 2),
+            f"{100 * r['step_overhead']:+.0f}%",
+        ]
+        for r in compile_rows(rows, kind)
+    ]
     headers = ["case", "form", "inductor fwd s", "fwd s", "fwd +", "inductor fwd+bwd s", "fwd+bwd s", "fwd+bwd +"]
     return tabulate(body, headers=headers, tablefmt="github")
 
@@ -144,7 +192,9 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         have = [r for r in subset if r[key] is not None]
         bad = [f"{r['case']} {r['mode']} {r['form']} ({r[key]:.2f})" for r in have if not ok(r[key])]
         verdict = "met" if have and not bad else ("no data" if not have else "missed")
-        return f"{name}: {verdict} ({len(have) - len(bad)}/{len(have)})" + (f"; misses: {', '.join(bad)}" if bad else "")
+        return f"{name}: {verdict} ({len(have) - len(bad)}/{len(have)})" + (
+            f"; misses: {', '.join(bad)}" if bad else ""
+        )
 
     big_fwd = [r for r in ops if r["mode"] == "fwd" and (r["gflop"] or 0) >= 1.0]
     lines = [
@@ -156,8 +206,10 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     comp = compile_rows(rows, "model")
     if comp:
         worst = max(max(r["fwd_overhead"], r["step_overhead"]) for r in comp if r["form"] in REWRITES)
-        lines.append(f"model: rewrite adds < 5% to compile time: {'met' if worst < 0.05 else 'missed'} "
-                     f"(worst {100 * worst:+.1f}%)")
+        lines.append(
+            f"model: rewrite adds < 5% to compile time: {'met' if worst < 0.05 else 'missed'} "
+            f"(worst {100 * worst:+.1f}%)"
+        )
     bad = [f"{r['case']} {r['variant']}" for r in rows if r.get("ok") is False and r.get("mode") == "fwd"]
     lines.append("outputs match the float32 conv: " + ("all" if not bad else "OFF for " + ", ".join(bad)))
     return lines
@@ -169,10 +221,17 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for kind, title in (("op", "Op level"), ("model", "Model level")):
         if not index(rows, kind):
             continue
-        parts += [f"## {title}: median ms", times_table(rows, kind),
-                  (f"## {title}: rewrite speedups (x = peer / rewrite) and ratios (rewrite / hand, rewrite / floor*; "
-                   "floor* = min(bare GEMM, hand))"),
-                  ratios_table(rows, kind), f"## {title}: compile seconds (first calls)", compile_table(rows, kind)]
+        parts += [
+            f"## {title}: median ms",
+            times_table(rows, kind),
+            (
+                f"## {title}: rewrite speedups (x = peer / rewrite) and ratios (rewrite / hand, rewrite / floor*; "
+                "floor* = min(bare GEMM, hand))"
+            ),
+            ratios_table(rows, kind),
+            f"## {title}: compile seconds (first calls)",
+            compile_table(rows, kind),
+        ]
     errors = sorted({f"{r['case']} {r['variant']} {r.get('mode', '')}: {r['error']}" for r in rows if "error" in r})
     if errors:
         parts += ["## Errors", "\n".join(errors)]
@@ -185,7 +244,10 @@ def write_json(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
 
 
 def plot(path: Path, rows: list[dict[str, Any]]) -> bool:
-    """Bar chart of the rewrite's speedup per op case over eager conv and over Inductor (log scale); False if no matplotlib."""
+    """Bar chart of the rewrite's speedup per case over eager conv and over Inductor (log scale).
+
+    False when matplotlib (the ``bench`` extra) is not installed.
+    """
     try:
         import matplotlib
 
@@ -201,7 +263,10 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> bool:
     for ax, mode in zip(axes[:, 0], MODES):
         sub = [r for r in data if r["mode"] == mode]
         xs = range(len(sub))
-        for offset, key, label in ((-0.2, "vs_eager", "vs eager conv"), (0.2, "vs_inductor", "vs torch.compile default")):
+        for offset, key, label in (
+            (-0.2, "vs_eager", "vs eager conv"),
+            (0.2, "vs_inductor", "vs torch.compile default"),
+        ):
             ax.bar([x + offset for x in xs], [r[key] or 0 for r in sub], width=0.4, label=label)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")

@@ -39,8 +39,13 @@ class Task:
 
 
 def failed(task: Task, why: str) -> dict[str, Any]:
-    return {"kind": task.kind, "case": task.name + (" +tokens" if task.tokens else ""), "variant": task.variant or "*",
-            "mode": "*", "error": why}
+    return {
+        "kind": task.kind,
+        "case": task.name + (" +tokens" if task.tokens else ""),
+        "variant": task.variant or "*",
+        "mode": "*",
+        "error": why,
+    }
 
 
 def prepare(task: Task, cfg: RunConfig) -> Timing:
@@ -130,8 +135,14 @@ class _Slot:
         self.conn.close()
 
 
-def run_parallel(tasks: list[Task], cfg: RunConfig, workers: int, budget_s: float, timing_timeout_s: float,
-                 log: Callable[[str], None]) -> list[dict[str, Any]]:
+def run_parallel(
+    tasks: list[Task],
+    cfg: RunConfig,
+    workers: int,
+    budget_s: float,
+    timing_timeout_s: float,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
     """The tasks over ``workers`` processes; each compiles with one thread so that the CPU cores are shared."""
     os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     ctx = mp.get_context("spawn")

@@ -43,7 +43,14 @@ _S6 = "DESIGN.md s6"
 GPU_SHAPES: tuple[Shape, ...] = (
     Shape("wan14b_720p", f"{_S5}: Wan 14B 720p 81f patch_embedding", (1, 16, 21, 90, 160), 5120, (1, 2, 2)),
     Shape("hunyuan_720p", f"{_S5}: HunyuanVideo 720p 129f", (1, 16, 33, 90, 160), 3072, (1, 2, 2)),
-    Shape("qwen25vl_16k", f"{_S5}: Qwen2.5-VL vision PatchEmbed, 16k patches", (16384, 3, 2, 14, 14), 1280, (2, 14, 14), False),
+    Shape(
+        "qwen25vl_16k",
+        f"{_S5}: Qwen2.5-VL vision PatchEmbed, 16k patches",
+        (16384, 3, 2, 14, 14),
+        1280,
+        (2, 14, 14),
+        False,
+    ),
     Shape("videomae_b", f"{_S5}: VideoMAE-B 16 frames, batch 8", (8, 3, 16, 224, 224), 768, (2, 16, 16)),
     Shape("wan13b_480p", f"{_S5}: Wan 1.3B 480p 81f patch_embedding", (1, 16, 21, 60, 104), 1536, (1, 2, 2)),
     Shape("hunyuan15_pw", f"{_S5}: HunyuanVideo 1.5 pointwise embed k=s=1", (1, 65, 31, 45, 80), 2048, (1, 1, 1)),
@@ -58,14 +65,33 @@ GPU_SHAPES: tuple[Shape, ...] = (
     Shape("acestep_conv1d", f"{_S5B}: ACE-Step Conv1d", (2, 192, 4096), 2048, (2,)),
     Shape("wan14b_i2v_720p", f"{_S6}: Wan 14B I2V Conv3d(36->5120), 720p", (1, 36, 21, 90, 160), 5120, (1, 2, 2)),
     Shape("wan22_5b_720p", f"{_S6}: Wan 2.2 5B Conv3d(48->3072), 720p 121f", (1, 48, 31, 44, 80), 3072, (1, 2, 2)),
-    Shape("qwen3vl_16k", f"{_S6}: Qwen3-VL Conv3d(3->1152,(2,16,16)), 16k patches", (16384, 3, 2, 16, 16), 1152, (2, 16, 16)),
-    Shape("vjepa2_l", f"{_S6}: V-JEPA 2 ViT-L Conv3d(3->1024,(2,16,16)), 64f 256px, batch 2", (2, 3, 64, 256, 256), 1024, (2, 16, 16)),
+    Shape(
+        "qwen3vl_16k",
+        f"{_S6}: Qwen3-VL Conv3d(3->1152,(2,16,16)), 16k patches",
+        (16384, 3, 2, 16, 16),
+        1152,
+        (2, 16, 16),
+    ),
+    Shape(
+        "vjepa2_l",
+        f"{_S6}: V-JEPA 2 ViT-L Conv3d(3->1024,(2,16,16)), 64f 256px, batch 2",
+        (2, 3, 64, 256, 256),
+        1024,
+        (2, 16, 16),
+    ),
     Shape("unetr", f"{_S6}: MONAI UNETR Conv3d(1->768,16), 96^3, batch 2", (2, 1, 96, 96, 96), 768, (16, 16, 16)),
 )
 
 CPU_SHAPES: tuple[Shape, ...] = (
     Shape("wan_480p_2f", "DESIGN.md s5 CPU: Wan 480p latent, 2 frames", (1, 16, 2, 60, 104), 1536, (1, 2, 2)),
-    Shape("qwen25vl_512", "DESIGN.md s5 CPU: Qwen2.5-VL PatchEmbed, 512 patches", (512, 3, 2, 14, 14), 1280, (2, 14, 14), False),
+    Shape(
+        "qwen25vl_512",
+        "DESIGN.md s5 CPU: Qwen2.5-VL PatchEmbed, 512 patches",
+        (512, 3, 2, 14, 14),
+        1280,
+        (2, 14, 14),
+        False,
+    ),
     Shape("vit_b16_224_b2", "DESIGN.md s5: ViT-B/16 224px, batch 2", (2, 3, 224, 224), 768, (16, 16)),
     Shape("acestep_conv1d", "DESIGN.md s5: ACE-Step Conv1d", (1, 192, 1024), 2048, (2,)),
 )

@@ -98,7 +98,9 @@ class Variant:
 def _variants(mode: str | None, suffix: str, label: str) -> list[Variant]:
     compile_kw: dict[str, Any] = {"mode": mode} if mode else {}
     return [
-        Variant(f"inductor{suffix}", f"torch.compile{label} (Inductor conv)", True, lambda m: torch.compile(m, **compile_kw)),
+        Variant(
+            f"inductor{suffix}", f"torch.compile{label} (Inductor conv)", True, lambda m: torch.compile(m, **compile_kw)
+        ),
         Variant(
             f"rw_backend{suffix}",
             f'backend="conv_rewrite"{label}',
@@ -111,7 +113,9 @@ def _variants(mode: str | None, suffix: str, label: str) -> list[Variant]:
             True,
             lambda m: torch.compile(m, options=_pass_options(mode)),
         ),
-        Variant(f"hand{suffix}", f"hand rewrite, torch.compile{label}", True, lambda m: torch.compile(m, **compile_kw), True),
+        Variant(
+            f"hand{suffix}", f"hand rewrite, torch.compile{label}", True, lambda m: torch.compile(m, **compile_kw), True
+        ),
     ]
 
 

@@ -10,8 +10,23 @@ from bench.cli import main
 
 
 def test_bench_cpu_quick_tiny_shape_runs_and_checks_every_column(tmp_path, capsys):
-    code = main(["--device", "cpu", "--quick", "--shapes", "tiny", "--no-models", "--no-tokens",
-                 "--variants", "conv,rw_backend,floor", "--rep-ms", "5", "--out", str(tmp_path)])
+    code = main(
+        [
+            "--device",
+            "cpu",
+            "--quick",
+            "--shapes",
+            "tiny",
+            "--no-models",
+            "--no-tokens",
+            "--variants",
+            "conv,rw_backend,floor",
+            "--rep-ms",
+            "5",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     by_variant = {(r["variant"], r["mode"]): r for r in results}
