@@ -2,6 +2,7 @@
 
 from .aten_pass import AtenConvRewritePass
 from .backend import ConvRewriteBackend, backend
+from .convert import convert_, restore_
 from .inductor_pass import (
     ConvRewritePass,
     inductor_options,
@@ -24,11 +25,13 @@ __all__ = [
     "ReportRow",
     "backend",
     "collect_reports",
+    "convert_",
     "inductor_options",
     "inductor_pass",
     "install_inductor_pass",
     "last_report",
     "patchify_conv",
+    "restore_",
     "rewrite",
     "uninstall_inductor_pass",
 ]

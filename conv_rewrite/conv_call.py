@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -173,11 +173,8 @@ def _module_path(node: torch.fx.Node) -> str | None:
 
 
 def _overridden_forward(module: nn.Module) -> str | None:
-    """The class name when a subclass or the instance (as accelerate's hooks do) replaces the forward: it may do
-    more than the conv."""
+    """The class name when an nn.ConvNd subclass replaces the forward (its forward may do more than the conv)."""
     cls = type(module)
-    if "forward" in vars(module):
-        return cls.__name__
     for base in _MODULE_BASES:
         if isinstance(module, base):
             same = all(getattr(cls, name, None) is getattr(base, name, None) for name in ("forward", "_conv_forward"))
@@ -185,23 +182,23 @@ def _overridden_forward(module: nn.Module) -> str | None:
     return None
 
 
-def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | None:
-    try:
-        module = gm.get_submodule(str(node.target))
-    except AttributeError:
-        return None
+def module_conv_call(module: nn.Module, fqn: str) -> ConvCall | None:
+    """The ConvCall for an nn.ConvNd module at ``fqn``, None for any other module; its input is not known.
+
+    What the module's call does around the conv (hooks, a forward replaced on the instance) is not recorded here:
+    ``convert_`` keeps the call, only a graph's replacement bypasses it (see ``_from_module``).
+    """
     if not isinstance(module, nn.modules.conv._ConvNd):
         return None
     dims = len(module.kernel_size)
-    info = tensor_info(node.args[0]) if node.args else None
     padding = module.padding if isinstance(module.padding, str) else _tuple(module.padding, dims)
     return ConvCall(
-        node=node.name,
-        module=str(node.target),
+        node=fqn,
+        module=fqn,
         op=f"nn.{type(module).__name__}",
         dims=dims,
-        input_shape=tuple(_static(s) for s in info[0]) if info else None,
-        dtype=str(info[2]).replace("torch.", "") if info else str(module.weight.dtype).replace("torch.", ""),
+        input_shape=None,
+        dtype=str(module.weight.dtype).replace("torch.", ""),
         kernel=tuple(module.kernel_size),
         stride=_tuple(module.stride, dims),
         padding="valid" if padding == "valid" else padding,
@@ -214,14 +211,33 @@ def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | No
         in_channels=module.in_channels,
         level="module",
         overridden_forward=_overridden_forward(module),
+        device=str(module.weight.device),
+        operands=ConvOperands(x=None, module_target=fqn, has_bias=module.bias is not None),
+    )
+
+
+def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | None:
+    try:
+        module = gm.get_submodule(str(node.target))
+    except AttributeError:
+        return None
+    call = module_conv_call(module, str(node.target))
+    if call is None:
+        return None
+    info = tensor_info(node.args[0]) if node.args else None
+    # The replacement bypasses the module's call: its hooks and a forward replaced on the instance (as accelerate's
+    # hooks do) would not run.
+    instance_forward = type(module).__name__ if "forward" in vars(module) else None
+    return replace(
+        call,
+        node=node.name,
+        input_shape=tuple(_static(s) for s in info[0]) if info else None,
+        dtype=str(info[2]).replace("torch.", "") if info else call.dtype,
+        overridden_forward=instance_forward or call.overridden_forward,
         output_size_given=len(node.args) > 1 or bool(node.kwargs),
-        device=_device(node.args[0] if node.args else None) or str(module.weight.device),
+        device=_device(node.args[0] if node.args else None) or call.device,
         hooks=module_hooks(module),
-        operands=ConvOperands(
-            x=node.args[0] if node.args else node.kwargs.get("input"),
-            module_target=str(node.target),
-            has_bias=module.bias is not None,
-        ),
+        operands=replace(call.operands, x=node.args[0] if node.args else node.kwargs.get("input")),
     )
 
 

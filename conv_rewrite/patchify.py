@@ -29,8 +29,10 @@ def patchify_conv(
 
     ``contiguous_output=False`` multiplies patches by weight.T and returns (B, O, o1..oN) as a free view of the
     (B, o1..oN, O) result: channels-last, which a consumer such as ``.flatten(2).transpose(1, 2)`` reads for free.
-    ``contiguous_output=True`` multiplies weight by the transposed patches instead, so the GEMM itself writes the
-    contiguous layout a conv returns for a contiguous input, without a copy of the output.
+    ``contiguous_output=True`` returns the contiguous layout a conv returns for a contiguous input. Where the output
+    is larger than the patches (O > C*k1*..*kN: Wan, Qwen-VL) the GEMM writes it directly as weight @ patches^T;
+    elsewhere (VideoMAE, ViT) the free form plus one copy of the smaller output is faster (bench/NOTES.md). The choice
+    depends on the weight's shape alone, so symbolic input sizes add no guard.
 
     ``padding`` (one int per spatial dim) pads both ends first, with zeros or as ``padding_mode`` ("reflect",
     "replicate", "circular") says: what nn.ConvNd.forward does, so the result is the padded conv's exactly.
@@ -59,16 +61,18 @@ def patchify_conv(
     out_dims = [2 + 2 * i for i in range(n)]
     kernel_dims = [3 + 2 * i for i in range(n)]
     w = weight.reshape(weight.shape[0], -1)
-    if contiguous_output:
+    if contiguous_output and w.shape[0] > w.shape[1]:
         patches = x.permute(0, 1, *kernel_dims, *out_dims).reshape(batch, w.shape[1], math.prod(out_sizes))
-        if bias is None:
-            y = torch.matmul(w, patches)
-        else:
-            y = torch.baddbmm(bias.view(1, -1, 1).expand(batch, -1, patches.shape[2]), w.expand(batch, -1, -1), patches)
+        y = torch.matmul(w, patches)
+        if bias is not None:
+            y = y + bias.view(1, -1, 1)
         return y.view(batch, w.shape[0], *out_sizes)
     rows = x.permute(0, *out_dims, 1, *kernel_dims).reshape(-1, w.shape[1])
     y = F.linear(rows, w, bias).view(batch, *out_sizes, w.shape[0])
-    return y.permute(0, n + 1, *range(1, n + 1))
+    y = y.permute(0, n + 1, *range(1, n + 1))
+    if contiguous_output:  # flatten + view give the canonical strides of size-1 dims too, as the conv has them
+        return y.contiguous().view(-1).view(y.shape)
+    return y
 
 
 def patchify_conv_like_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

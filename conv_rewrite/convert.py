@@ -1,0 +1,109 @@
+"""Model-level conversion: the patchify convs of an nn.Module run as reshape + permute + one GEMM, in place.
+
+For models that never reach a compiler: same module objects, parameters, state_dict and hooks; ``restore_`` undoes it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .conv_call import ConvCall, module_conv_call
+from .decide import Decision, decide
+from .options import Options, make_options
+from .patchify import patchify_conv_like_conv
+from .record import record
+from .replace import AS_CONV
+from .report import Report, ReportRow
+
+# nn.Conv1d/2d/3d.forward is ``self._conv_forward(input, self.weight, self.bias)``. Converting sets the instance
+# attribute ``_conv_forward`` to a top-level function of those operands (it pickles by reference): the class,
+# ``forward`` (and any wrapper a hook library put on it), hooks, parameters and repr are untouched.
+_ATTR = "_conv_forward"
+_WHERE = "convert_"
+
+
+def _pad_then_patchify(
+    padding: tuple[int, ...], padding_mode: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """A padded conv: pad (by ``padding_mode`` as nn.ConvNd does, or with zeros), then the GEMM with the conv's strides.
+
+    F.pad may return another layout than its input's (a copy), so the layout is picked on the padded input.
+    """
+    pads = [p for size in reversed(padding) for p in (size, size)]
+    x = F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
+    return patchify_conv_like_conv(x, weight, bias)
+
+
+def _patchify_forward(call: ConvCall) -> Callable[..., torch.Tensor]:
+    padding = (0,) * len(call.kernel) if isinstance(call.padding, str) else call.padding
+    if call.padding_mode == "zeros" and not any(padding):
+        return patchify_conv_like_conv
+    return functools.partial(_pad_then_patchify, padding, call.padding_mode)
+
+
+def _is_converted(module: nn.Module) -> bool:
+    fn = module.__dict__.get(_ATTR)
+    return fn is patchify_conv_like_conv or (isinstance(fn, functools.partial) and fn.func is _pad_then_patchify)
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _decision(module: nn.Module, call: ConvCall, options: Options, selected: bool) -> Decision:
+    if not selected:
+        return Decision(False, "excluded by filter_fn")
+    decision = decide(call, options)
+    if decision.rewrite and call.transposed:
+        return Decision(False, f"{call.op} is not converted in place (its forward calls the conv); rewrite converts it")
+    if decision.rewrite and _ATTR in module.__dict__ and not _is_converted(module):
+        return Decision(False, f"{_ATTR} is replaced on the instance")
+    return decision
+
+
+def convert_(
+    model: nn.Module,
+    *,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    options: Options | dict[str, Any] | None = None,
+    **option_kwargs: Any,
+) -> Report:
+    """Make every qualifying conv module of ``model`` (the model itself included) compute the GEMM form, in place.
+
+    ``filter_fn(module, fqn)`` is called for each conv module; False leaves it alone. Options as for ``rewrite``.
+    Returns the Report: one row per conv module, node and module being its fqn, its input shape unknown.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert_() expects a torch.nn.Module, got {_type_name(model)}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be a callable (module, fqn) -> bool, got {_type_name(filter_fn)}")
+    opts = make_options(options, **option_kwargs)
+    report = Report()
+    for fqn, module in model.named_modules():
+        call = module_conv_call(module, fqn)
+        if call is None:
+            continue
+        decision = _decision(module, call, opts, filter_fn is None or bool(filter_fn(module, fqn)))
+        if decision.rewrite:
+            setattr(module, _ATTR, _patchify_forward(call))
+        report.rows.append(ReportRow.of(call, decision, AS_CONV, _WHERE))
+    record(report, _WHERE)
+    return report
+
+
+def restore_(model: nn.Module) -> list[str]:
+    """Undo ``convert_`` on ``model`` in place: its converted convs run the conv again. Returns their fqns."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"restore_() expects a torch.nn.Module, got {_type_name(model)}")
+    restored = []
+    for fqn, module in model.named_modules():
+        if _is_converted(module):
+            delattr(module, _ATTR)
+            restored.append(fqn)
+    return restored
