@@ -30,9 +30,10 @@ def patchify_conv(
     ``contiguous_output=False`` multiplies patches by weight.T and returns (B, O, o1..oN) as a free view of the
     (B, o1..oN, O) result: channels-last, which a consumer such as ``.flatten(2).transpose(1, 2)`` reads for free.
     ``contiguous_output=True`` returns the contiguous layout a conv returns for a contiguous input. Where the output
-    is larger than the patches (O > C*k1*..*kN: Wan, Qwen-VL) the GEMM writes it directly as weight @ patches^T;
-    elsewhere (VideoMAE, ViT) the free form plus one copy of the smaller output is faster (bench/NOTES.md). The choice
-    depends on the weight's shape alone, so symbolic input sizes add no guard.
+    is larger than the patches (O > C*k1*..*kN: Wan, Qwen-VL) the GEMM writes it directly as weight @ patches^T,
+    with the bias folded into the GEMM (no pass over the output); elsewhere (VideoMAE, ViT) the free form plus one
+    copy of the smaller output is faster (bench/NOTES.md). The choice depends on the weight's shape alone, so
+    symbolic input sizes add no guard.
 
     ``padding`` (one int per spatial dim) pads both ends first, with zeros or as ``padding_mode`` ("reflect",
     "replicate", "circular") says: what nn.ConvNd.forward does, so the result is the padded conv's exactly.
@@ -59,18 +60,30 @@ def patchify_conv(
     out_dims = [2 + 2 * i for i in range(n)]
     kernel_dims = [3 + 2 * i for i in range(n)]
     w = weight.reshape(weight.shape[0], -1)
+    rows = x.permute(0, *out_dims, 1, *kernel_dims).reshape(batch, math.prod(out_sizes), w.shape[1])
     if contiguous_output and w.shape[0] > w.shape[1]:
-        patches = x.permute(0, 1, *kernel_dims, *out_dims).reshape(batch, w.shape[1], math.prod(out_sizes))
-        y = torch.matmul(w, patches)
         if bias is not None:
-            y = y + bias.view(1, -1, 1)
-        return y.view(batch, w.shape[0], *out_sizes)
-    rows = x.permute(0, *out_dims, 1, *kernel_dims).reshape(-1, w.shape[1])
+            rows, w = _fold_bias(rows, w, bias)
+        return torch.matmul(w, rows.transpose(1, 2)).view(batch, w.shape[0], *out_sizes)
+    rows = rows.reshape(-1, w.shape[1])
     y = F.linear(rows, w, bias).view(batch, *out_sizes, w.shape[0])
     y = y.permute(0, n + 1, *range(1, n + 1))
-    if contiguous_output:  # flatten + view give the canonical strides of size-1 dims too, as the conv has them
-        return y.contiguous().view(-1).view(y.shape)
-    return y
+    # clone, not contiguous(): canonical strides for size-1 dims too (as the conv has them), and no size guards
+    return y.clone(memory_format=torch.contiguous_format) if contiguous_output else y
+
+
+def _fold_bias(rows: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append a column of ones to the patches and the bias to the weight, so the GEMM adds the bias itself.
+
+    Zero columns pad K+1 to a multiple of 8, which cuBLAS needs for its fast bf16 kernels; the copy of the patches
+    is made anyway, so the extra columns cost no extra pass.
+    """
+    extra = -(w.shape[1] + 1) % 8
+    batch, length = rows.shape[0], rows.shape[1]
+    ones = rows.new_ones(()).expand(batch, length, 1)
+    rows = torch.cat([rows, ones, rows.new_zeros(()).expand(batch, length, extra)], 2)
+    w = torch.cat([w, bias.view(-1, 1), w.new_zeros(()).expand(w.shape[0], extra)], 1)
+    return rows, w
 
 
 def _pad(x: torch.Tensor, padding: Sequence[int], padding_mode: str) -> torch.Tensor:
