@@ -30,8 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 # wrong patch order or a missed rank moves entries by O(1).
 FP32_REL = 1e-5
 # bf16 (FSDP2 param_dtype): the patch weight's gradient is one bf16 GEMM (K = 64 here), rounded to bf16 on both
-# sides (unit roundoff 2^-8 = 3.9e-3). Measured 3.7e-3 of the largest entry between the two runs; 1e-2 is 2.5 ulps.
-BF16_REL = 1e-2
+# sides (unit roundoff 2^-8 = 3.9e-3). Measured 3.7e-3 of the largest entry between the two runs; the norm weight's
+# gradient, a bf16 reduction downstream of the patch output, reached 1.1e-2 of its largest entry in one run (the
+# forms differ in where the bias is added). 2e-2 is ~5 bf16 ulps; a wrong patch order moves entries by O(1).
+BF16_REL = 2e-2
 COMPILED_CASES = ("ddp_backend", "fsdp2_backend", "fsdp2_inductor_pass")
 MATMULS = ("aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.baddbmm.default")
 
