@@ -2,6 +2,7 @@
 
 from .aten_pass import AtenConvRewritePass
 from .backend import ConvRewriteBackend, backend
+from .explain import Explanation, explain
 from .inductor_pass import ConvRewritePass, inductor_options, inductor_pass, install_inductor_pass, uninstall_inductor_pass
 from .options import Options
 from .patchify import patchify_conv
@@ -13,11 +14,13 @@ __all__ = [
     "AtenConvRewritePass",
     "ConvRewriteBackend",
     "ConvRewritePass",
+    "Explanation",
     "Options",
     "Report",
     "ReportRow",
     "backend",
     "collect_reports",
+    "explain",
     "inductor_options",
     "inductor_pass",
     "install_inductor_pass",

@@ -1,0 +1,103 @@
+"""Compare one model three ways: eager, torch.compile, and torch.compile with the rewrite (numerics and time).
+
+What ``conv-rewrite demo`` and ``conv-rewrite inspect`` print per model. Timings are medians of synchronized
+calls without autograd, after a warm-up call that compiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager
+
+import torch
+
+from .backend import backend
+from .options import Options
+
+# Largest |compiled - eager| accepted, relative to max |eager|: float32 reorders sums, 16-bit types round.
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Times in ms; ``max_abs_err`` of the rewritten compile against eager, and whether it is within tolerance."""
+
+    eager_ms: float
+    compiled_ms: float
+    rewritten_ms: float
+    max_abs_err: float
+    numerics_ok: bool
+
+    @property
+    def speedup(self) -> float:
+        """What the rewrite buys over torch.compile alone."""
+        return self.compiled_ms / self.rewritten_ms
+
+
+def _outputs(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _outputs(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _outputs(v)]
+    return []
+
+
+def max_abs_error(actual: Any, expected: Any) -> tuple[float, bool]:
+    """(max |actual - expected| over every output tensor, whether each is within its dtype's tolerance)."""
+    worst, ok = 0.0, True
+    pairs = list(zip(_outputs(actual), _outputs(expected), strict=True))
+    for a, e in pairs:
+        err = (a.double() - e.double()).abs().max().item() if e.numel() else 0.0
+        scale = max(e.double().abs().max().item() if e.numel() else 0.0, 1.0)
+        worst = max(worst, err)
+        ok = ok and err <= TOLERANCE.get(e.dtype, 0.0) * scale
+    return worst, ok
+
+
+def time_ms(fn: Callable[..., Any], inputs: tuple[Any, ...], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``fn(*inputs)`` in ms after ``warmup`` calls, synchronizing CUDA around each call.
+
+    The first calls of a freshly compiled function are slower than the rest, even after the one that compiles.
+    """
+    cuda = any(isinstance(x, torch.Tensor) and x.is_cuda for x in inputs)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(warmup):
+        fn(*inputs)
+    samples = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn(*inputs)
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+def compare(
+    model: Callable[..., Any],
+    inputs: tuple[Any, ...],
+    *,
+    repeats: int = 10,
+    options: Options | None = None,
+    progress: Callable[[str], ContextManager[Any]] = lambda label: contextlib.nullcontext(),
+) -> Comparison:
+    """Run ``model`` eagerly, compiled by Inductor, and compiled by Inductor after the rewrite; check and time each.
+
+    ``progress(label)`` wraps each compile (the first call of a compiled model), e.g. to show that it is running.
+    """
+    compiled = torch.compile(model)
+    rewritten = torch.compile(model, backend=backend(options=options))
+    with torch.no_grad():
+        expected = model(*inputs)
+        with progress("torch.compile"):
+            compiled(*inputs)
+        with progress("torch.compile + conv_rewrite"):
+            actual = rewritten(*inputs)
+        err, ok = max_abs_error(actual, expected)
+        times = [time_ms(fn, inputs, repeats) for fn in (model, compiled, rewritten)]
+    return Comparison(*times, max_abs_err=err, numerics_ok=ok)
