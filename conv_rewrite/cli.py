@@ -26,7 +26,7 @@ from .explain import Explanation, explain
 from .options import POLICIES, Options
 
 PROG = "conv-rewrite"
-SUMMARY_HEADERS = ("model", "convs rewritten", "max abs err", "check", "eager ms", "compiled ms",
+SUMMARY_HEADERS = ("model", "convs rewritten", "max abs err", "numerics", "eager ms", "compiled ms",
                    "compiled+rewrite ms", "speedup")
 
 
@@ -163,10 +163,10 @@ def _explain_and_compare(
 def run_demo(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    repeats = args.repeats or (50 if device.type == "cuda" else 3 if args.quick else 10)
+    repeats = args.repeats or (50 if device.type == "cuda" else 10 if args.quick else 20)
     rows, failed = [], False
-    print(f"conv_rewrite demo on {device.type} ({dtype}), torch {torch.__version__}; times are medians of {repeats}"
-          " calls, without autograd", flush=True)
+    print(f"conv_rewrite demo on {device.type} ({str(dtype).replace('torch.', '')}), torch {torch.__version__}; "
+          f"times are medians of {repeats} calls, without autograd", flush=True)
     for case in demo_cases(device.type, quick=args.quick):
         torch.manual_seed(0)
         model = case.build().to(device=device, dtype=dtype).eval()
@@ -174,7 +174,10 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"\n== {case.name}: {case.what}; input {_fmt_inputs(inputs)}", flush=True)
         explanation, comparison = _explain_and_compare(case.name, model, inputs, Options(), False, repeats)
         rows.append(summary_row(case.name, explanation, comparison))
-        failed = failed or not comparison.numerics_ok
+        counts = (len(explanation.rewritten), len(explanation))
+        if counts != (case.rewritten, case.convs):
+            print(f"FAIL: expected {case.rewritten} of {case.convs} conv(s) rewritten, got {counts[0]} of {counts[1]}")
+        failed = failed or not comparison.numerics_ok or counts != (case.rewritten, case.convs)
     print("\nsummary (speedup = compiled ms / compiled+rewrite ms)")
     print(tabulate(rows, headers=SUMMARY_HEADERS, disable_numparse=True))
     return 1 if failed else 0

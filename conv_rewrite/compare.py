@@ -59,23 +59,26 @@ def max_abs_error(actual: Any, expected: Any) -> tuple[float, bool]:
     return worst, ok
 
 
-def time_ms(fn: Callable[..., Any], inputs: tuple[Any, ...], repeats: int, warmup: int = 3) -> float:
-    """Median wall time of ``fn(*inputs)`` in ms after ``warmup`` calls, synchronizing CUDA around each call.
+def median_ms(fns: list[Callable[..., Any]], inputs: tuple[Any, ...], repeats: int, warmup: int = 3) -> list[float]:
+    """Median wall time in ms of each of ``fns`` on ``inputs``, synchronizing CUDA around each call.
 
-    The first calls of a freshly compiled function are slower than the rest, even after the one that compiles.
+    The functions take turns, so drift and bursts of load on a shared machine hit all of them alike; the first
+    calls of a freshly compiled function are slower than the rest, hence the warm-up calls.
     """
     cuda = any(isinstance(x, torch.Tensor) and x.is_cuda for x in inputs)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(warmup):
-        fn(*inputs)
-    samples = []
+    for fn in fns:
+        for _ in range(warmup):
+            fn(*inputs)
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn(*inputs)
-        sync()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+        for fn, times in zip(fns, samples):
+            sync()
+            start = time.perf_counter()
+            fn(*inputs)
+            sync()
+            times.append(time.perf_counter() - start)
+    return [statistics.median(times) * 1e3 for times in samples]
 
 
 def compare(
@@ -99,5 +102,5 @@ def compare(
         with progress("torch.compile + conv_rewrite"):
             actual = rewritten(*inputs)
         err, ok = max_abs_error(actual, expected)
-        times = [time_ms(fn, inputs, repeats) for fn in (model, compiled, rewritten)]
+        times = median_ms([model, compiled, rewritten], inputs, repeats)
     return Comparison(*times, max_abs_err=err, numerics_ok=ok)

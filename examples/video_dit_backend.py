@@ -28,8 +28,8 @@ class WanStylePatchEmbed(nn.Module):
 def main() -> None:
     torch.manual_seed(0)
     model = WanStylePatchEmbed().eval()
-    backend = conv_rewrite.backend()  # rewrites the Dynamo graph, then compiles it with Inductor
-    compiled = torch.compile(model, backend=backend, dynamic=True)
+    # conv_rewrite.backend() rewrites each Dynamo graph, then compiles it with Inductor.
+    compiled = torch.compile(model, backend=conv_rewrite.backend(), dynamic=True)
     with torch.no_grad():
         for frames in (3, 5):  # 9 and 17 video frames after the VAE's 4x temporal compression
             latents = torch.randn(1, 16, frames, 30, 52)
