@@ -25,8 +25,11 @@ def broken_factory() -> nn.Module:
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``python -m conv_rewrite ARGS`` from this folder, on this checkout."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """``python -m conv_rewrite ARGS`` from this folder, on this checkout.
+
+    Warnings of imported libraries are not the command's output (torch warns at import where NumPy is missing).
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "conv_rewrite", *args], cwd=HERE, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
