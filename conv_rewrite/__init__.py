@@ -3,7 +3,13 @@
 from .aten_pass import AtenConvRewritePass
 from .backend import ConvRewriteBackend, backend
 from .explain import Explanation, explain
-from .inductor_pass import ConvRewritePass, inductor_options, inductor_pass, install_inductor_pass, uninstall_inductor_pass
+from .inductor_pass import (
+    ConvRewritePass,
+    inductor_options,
+    inductor_pass,
+    install_inductor_pass,
+    uninstall_inductor_pass,
+)
 from .options import Options
 from .patchify import patchify_conv
 from .record import collect_reports, last_report

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -36,6 +37,32 @@ def same_fake_mode(values: list[torch.Tensor]) -> list[torch.Tensor]:
             with mode:
                 out.append(torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=v.device))
     return out
+
+
+def python_dispatcher() -> Any:
+    """A context in which ATen ops run their Python meta kernels, which make_fx needs on symbolic sizes.
+
+    ``torch._dispatch.python.enable_python_dispatcher``: stable 2.6-2.13; Inductor's pattern matcher traces its
+    replacements under it too.
+    """
+    from torch._dispatch.python import enable_python_dispatcher
+
+    return enable_python_dispatcher()
+
+
+def module_hooks(module: torch.nn.Module) -> tuple[str, ...]:
+    """The kinds of hooks registered on ``module`` that run when it is called (weight_norm and offloading use them).
+
+    ``Module._forward_pre_hooks``, ``_forward_hooks``, ``_backward_pre_hooks``, ``_backward_hooks``: private
+    attributes, stable 2.0-2.13.
+    """
+    kinds = {
+        "forward_pre": module._forward_pre_hooks,
+        "forward": module._forward_hooks,
+        "backward_pre": module._backward_pre_hooks,
+        "backward": module._backward_hooks,
+    }
+    return tuple(kind for kind, hooks in kinds.items() if hooks)
 
 
 def conv_returns_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

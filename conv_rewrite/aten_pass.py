@@ -6,7 +6,6 @@ side by side, with the same decision and report as the torch-level pass.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from typing import Any
 
@@ -19,9 +18,8 @@ from .conv_call import conv_call
 from .decide import Decision, decide
 from .inductor_pass import code_hash
 from .options import Options
-from .patchify import patchify_conv
 from .record import record
-from .replace import CONTIGUOUS
+from .replace import replacement
 from .report import Report, ReportRow
 from .rewrite import plan_layout
 
@@ -46,7 +44,7 @@ class AtenConvRewritePass(CustomGraphPass):
     def apply(self, gm: torch.fx.GraphModule, where: str = "aten pass") -> Report:
         """Run the pattern over ``gm``'s graph; returns (and records) the report."""
         report = Report()
-        layouts: dict[torch.fx.Node, str] = {}
+        replacements: dict[torch.fx.Node, Any] = {}
 
         def check(match: Match) -> bool:
             node = match.output_node()
@@ -58,11 +56,11 @@ class AtenConvRewritePass(CustomGraphPass):
                 decision = decision if layout is not None else Decision(False, problem)
             report.rows.append(ReportRow.of(call, decision, layout, where))
             if decision.rewrite:
-                layouts[node] = layout
+                replacements[node] = replacement(call, layout)
             return decision.rewrite
 
         def replace(match: Match, input: Any, weight: Any, bias: Any, **_: Any) -> None:  # noqa: A002
-            fn = functools.partial(patchify_conv, contiguous_output=layouts[match.output_node()] == CONTIGUOUS)
+            fn = replacements[match.output_node()]
             if bias is None:
                 match.replace_by_example(lambda x, w: fn(x, w), [input, weight])
             else:

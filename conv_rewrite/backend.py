@@ -4,16 +4,18 @@ then hand it to Inductor or any other backend.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx
 
+from ._torch_private import inductor_compiler
 from .options import Options, make_options
 from .report import Report
 from .rewrite import rewrite
-from ._torch_private import inductor_compiler
 
 Backend = Callable[..., Any]
 _graph_ids = itertools.count()
@@ -51,7 +53,9 @@ class ConvRewriteBackend:
         return f"conv_rewrite.backend(inner={inner!r}, policy={self.options.policy!r})"
 
 
-def backend(inner: str | Backend = "inductor", *, options: Options | dict[str, Any] | None = None, **kwargs: Any) -> ConvRewriteBackend:
+def backend(
+    inner: str | Backend = "inductor", *, options: Options | dict[str, Any] | None = None, **kwargs: Any
+) -> ConvRewriteBackend:
     """A configured backend: ``torch.compile(model, backend=conv_rewrite.backend(inner="aot_eager"))``.
 
     ``inner`` is a registered backend name ("inductor", "aot_eager", "eager", ...) or a backend callable.
@@ -61,7 +65,10 @@ def backend(inner: str | Backend = "inductor", *, options: Options | dict[str, A
 
 def conv_rewrite_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **compile_kwargs: Any) -> Any:
     """The backend registered as ``"conv_rewrite"`` (entry point ``torch_dynamo_backends``): rewrite, then Inductor."""
-    return _default(gm, example_inputs, **compile_kwargs)
+    return _default_backend()(gm, example_inputs, **compile_kwargs)
 
 
-_default = ConvRewriteBackend()
+@functools.cache
+def _default_backend() -> ConvRewriteBackend:
+    """Made at first use, so the default options (CONV_REWRITE_POLICY) are read then, not at import."""
+    return ConvRewriteBackend()

@@ -14,8 +14,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import torch
 from tabulate import tabulate
@@ -26,8 +27,17 @@ from .explain import Explanation, explain
 from .options import POLICIES, Options
 
 PROG = "conv-rewrite"
-SUMMARY_HEADERS = ("model", "convs rewritten", "max abs err", "numerics", "eager ms", "compiled ms",
-                   "compiled+rewrite ms", "speedup")
+ALWAYS = Options(policy="always")
+SUMMARY_HEADERS = (
+    "model",
+    "convs rewritten",
+    "max abs err",
+    "numerics",
+    "eager ms",
+    "compiled ms",
+    "compiled+rewrite ms",
+    "speedup",
+)
 
 
 class CliError(Exception):
@@ -55,11 +65,14 @@ def parse_input(spec: str) -> tuple[tuple[int, ...], torch.dtype]:
     shape_text, _, dtype_name = spec.partition(":")
     if not re.fullmatch(r"\d+([x,]\d+)*", shape_text.strip()):
         raise argparse.ArgumentTypeError(
-            f"cannot parse input shape {spec!r}: expected sizes like 1x3x224x224 or 1,3,224,224, then :DTYPE if not float32"
+            f"cannot parse input shape {spec!r}: expected sizes like 1x3x224x224 or 1,3,224,224, "
+            "then :DTYPE if not float32"
         )
     dtype = getattr(torch, dtype_name or "float32", None)
     if not isinstance(dtype, torch.dtype):
-        raise argparse.ArgumentTypeError(f"unknown dtype {dtype_name!r} in {spec!r}: use a torch dtype name such as bfloat16")
+        raise argparse.ArgumentTypeError(
+            f"unknown dtype {dtype_name!r} in {spec!r}: use a torch dtype name such as bfloat16"
+        )
     return tuple(int(s) for s in re.split(r"[x,]", shape_text.strip())), dtype
 
 
@@ -128,8 +141,16 @@ def summary_row(name: str, explanation: Explanation, comparison: Comparison | No
     if comparison is None:
         return [name, convs] + ["-"] * (len(SUMMARY_HEADERS) - 2)
     c = comparison
-    return [name, convs, f"{c.max_abs_err:.1e}", "ok" if c.numerics_ok else "FAIL", f"{c.eager_ms:.2f}",
-            f"{c.compiled_ms:.2f}", f"{c.rewritten_ms:.2f}", f"{c.speedup:.2f}x"]
+    return [
+        name,
+        convs,
+        f"{c.max_abs_err:.1e}",
+        "ok" if c.numerics_ok else "FAIL",
+        f"{c.eager_ms:.2f}",
+        f"{c.compiled_ms:.2f}",
+        f"{c.rewritten_ms:.2f}",
+        f"{c.speedup:.2f}x",
+    ]
 
 
 def _fmt_inputs(inputs: Sequence[torch.Tensor]) -> str:
@@ -165,14 +186,18 @@ def run_demo(args: argparse.Namespace) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     repeats = args.repeats or (50 if device.type == "cuda" else 10 if args.quick else 20)
     rows, failed = [], False
-    print(f"conv_rewrite demo on {device.type} ({str(dtype).replace('torch.', '')}), torch {torch.__version__}; "
-          f"times are medians of {repeats} calls, without autograd", flush=True)
+    print(
+        f"conv_rewrite demo on {device.type} ({str(dtype).replace('torch.', '')}), torch {torch.__version__}; "
+        f"policy 'always' (every conv that qualifies is rewritten, to show what that buys on this device); "
+        f"times are medians of {repeats} calls, without autograd",
+        flush=True,
+    )
     for case in demo_cases(device.type, quick=args.quick):
         torch.manual_seed(0)
         model = case.build().to(device=device, dtype=dtype).eval()
         inputs = (torch.randn(case.input_shape, device=device, dtype=dtype),)
         print(f"\n== {case.name}: {case.what}; input {_fmt_inputs(inputs)}", flush=True)
-        explanation, comparison = _explain_and_compare(case.name, model, inputs, Options(), False, repeats)
+        explanation, comparison = _explain_and_compare(case.name, model, inputs, ALWAYS, False, repeats)
         rows.append(summary_row(case.name, explanation, comparison))
         counts = (len(explanation.rewritten), len(explanation))
         if counts != (case.rewritten, case.convs):
@@ -201,12 +226,15 @@ def run_inspect(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise CliError(f"the model failed on input {_fmt_inputs(inputs)}: {_one_line(exc)}") from None
     print(f"== {args.factory}; input {_fmt_inputs(inputs)} on {device.type}", flush=True)
-    options = Options(policy=args.policy)
+    options = Options(policy=args.policy) if args.policy else Options()
     repeats = None if args.no_bench else args.repeats
     explanation, comparison = _explain_and_compare(args.factory, model, inputs, options, args.dynamic, repeats)
     if comparison is not None:
-        print(tabulate([summary_row(args.factory, explanation, comparison)], headers=SUMMARY_HEADERS,
-                       disable_numparse=True))
+        print(
+            tabulate(
+                [summary_row(args.factory, explanation, comparison)], headers=SUMMARY_HEADERS, disable_numparse=True
+            )
+        )
     if args.json:
         Path(args.json).write_text(explanation.to_json(indent=2))
         print(f"report written to {args.json}")
@@ -225,13 +253,19 @@ def write_graphs(explanation: Explanation, folder: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="See which convolutions conv_rewrite turns into GEMMs, why the others "
-                     "are left alone, and what it buys. With no command: demo.")
+    parser = _Parser(
+        prog=PROG,
+        description="See which convolutions conv_rewrite turns into GEMMs, why the others "
+        "are left alone, and what it buys. With no command: demo.",
+    )
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     device = {"choices": ("auto", "cpu", "cuda"), "default": "auto", "help": "where to run (default: CUDA if present)"}
 
-    demo = commands.add_parser("demo", help="the embedded models: a video DiT, Qwen-VL and VideoMAE patch embeds, "
-                               "a ViT, and convs that must not be rewritten")
+    demo = commands.add_parser(
+        "demo",
+        help="the embedded models: a video DiT, Qwen-VL and VideoMAE patch embeds, "
+        "a ViT, and convs that must not be rewritten",
+    )
     demo.add_argument("--quick", action="store_true", help="smallest sizes and fewer timed calls")
     demo.add_argument("--device", **device)
     demo.add_argument("--repeats", type=int, help="timed calls per measurement")
@@ -239,10 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="a model built by MODULE:FACTORY (called with no arguments)")
     inspect.add_argument("factory", metavar="MODULE:FACTORY")
-    inspect.add_argument("--input", type=parse_input, action="append", required=True, metavar="SHAPE[:DTYPE]",
-                         help="one per model argument: 1x16x5x32x32 or 1,16,5,32,32, then :bfloat16 etc.")
+    inspect.add_argument(
+        "--input",
+        type=parse_input,
+        action="append",
+        required=True,
+        metavar="SHAPE[:DTYPE]",
+        help="one per model argument: 1x16x5x32x32 or 1,16,5,32,32, then :bfloat16 etc.",
+    )
     inspect.add_argument("--device", **device)
-    inspect.add_argument("--policy", choices=POLICIES, default="always")
+    inspect.add_argument(
+        "--policy", choices=POLICIES, help="which qualifying convs to rewrite (default: auto, or $CONV_REWRITE_POLICY)"
+    )
     inspect.add_argument("--dynamic", action="store_true", help="trace with symbolic sizes")
     inspect.add_argument("--json", metavar="PATH", help="write the report as JSON")
     inspect.add_argument("--graphs", metavar="DIR", help="write each graph's code before and after the rewrite")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import torch
 
@@ -87,7 +89,7 @@ def compare(
     *,
     repeats: int = 10,
     options: Options | None = None,
-    progress: Callable[[str], ContextManager[Any]] = lambda label: contextlib.nullcontext(),
+    progress: Callable[[str], AbstractContextManager[Any]] = lambda label: contextlib.nullcontext(),
 ) -> Comparison:
     """Run ``model`` eagerly, compiled by Inductor, and compiled by Inductor after the rewrite; check and time each.
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
 import torch.nn as nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+from ._torch_private import module_hooks
 
 aten = torch.ops.aten
 
@@ -22,7 +25,11 @@ Shape = tuple[Any, ...]
 
 
 def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
-    """torch.convNd / F.convNd / aten.convNd (.default and .padding)."""
+    """torch.convNd / F.convNd / aten.convNd.default."""
+
+
+def _conv_padding_signature(input, weight, bias=None, stride=1, padding="valid", dilation=1, groups=1):  # noqa: A002
+    """aten.convNd.padding: the string-padding overload, whose omitted padding is "valid"."""
 
 
 def _conv_transpose_signature(
@@ -39,6 +46,7 @@ def _convolution_signature(
 
 _SIGNATURES = {
     "conv": inspect.signature(_conv_signature),
+    "conv_padding": inspect.signature(_conv_padding_signature),
     "conv_transpose": inspect.signature(_conv_transpose_signature),
     "convolution": inspect.signature(_convolution_signature),
 }
@@ -59,9 +67,9 @@ _ATEN_TARGETS: dict[Any, tuple[str, int | None]] = {
     aten.conv1d.default: ("conv", 1),
     aten.conv2d.default: ("conv", 2),
     aten.conv3d.default: ("conv", 3),
-    aten.conv1d.padding: ("conv", 1),
-    aten.conv2d.padding: ("conv", 2),
-    aten.conv3d.padding: ("conv", 3),
+    aten.conv1d.padding: ("conv_padding", 1),
+    aten.conv2d.padding: ("conv_padding", 2),
+    aten.conv3d.padding: ("conv_padding", 3),
     aten.conv_transpose1d.default: ("conv_transpose", 1),
     aten.conv_transpose2d.input: ("conv_transpose", 2),
     aten.conv_transpose3d.input: ("conv_transpose", 3),
@@ -102,8 +110,12 @@ class ConvCall:
     output_padding: tuple[int, ...] = ()
     padding_mode: str = "zeros"
     out_channels: int | None = None
+    in_channels: int | str | None = None
     level: str = "torch"
     overridden_forward: str | None = None
+    output_size_given: bool = False
+    device: str | None = None
+    hooks: tuple[str, ...] = ()
     operands: ConvOperands = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
 
@@ -118,6 +130,17 @@ def tensor_info(node: Any) -> tuple[Shape, Shape | None, torch.dtype] | None:
     tm = node.meta.get("tensor_meta")
     if tm is not None and hasattr(tm, "shape"):
         return tuple(tm.shape), tuple(tm.stride), tm.dtype
+    return None
+
+
+def _device(node: Any) -> str | None:
+    """The device of the value recorded on ``node`` ("cpu", "cuda:0"...); None when nothing is recorded."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    for key in ("val", "example_value"):
+        value = node.meta.get(key)
+        if isinstance(value, torch.Tensor):
+            return str(value.device)
     return None
 
 
@@ -145,13 +168,16 @@ def _module_path(node: torch.fx.Node) -> str | None:
         return None
     path = list(stack.values())[-1][0]
     path = re.sub(r"^L\['[^']*'\]\.?", "", str(path))
-    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"(?:^|\.)(?:__dict__\['_modules'\]|_modules)\['([^']*)'\]", r".\1", path)
     return re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path).lstrip(".") or None
 
 
 def _overridden_forward(module: nn.Module) -> str | None:
-    """The class name when an nn.ConvNd subclass replaces the forward (its forward may do more than the conv)."""
+    """The class name when a subclass or the instance (as accelerate's hooks do) replaces the forward: it may do
+    more than the conv."""
     cls = type(module)
+    if "forward" in vars(module):
+        return cls.__name__
     for base in _MODULE_BASES:
         if isinstance(module, base):
             same = all(getattr(cls, name, None) is getattr(base, name, None) for name in ("forward", "_conv_forward"))
@@ -185,8 +211,12 @@ def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | No
         output_padding=_tuple(module.output_padding, dims),
         padding_mode=module.padding_mode,
         out_channels=module.out_channels,
+        in_channels=module.in_channels,
         level="module",
         overridden_forward=_overridden_forward(module),
+        output_size_given=len(node.args) > 1 or bool(node.kwargs),
+        device=_device(node.args[0] if node.args else None) or str(module.weight.device),
+        hooks=module_hooks(module),
         operands=ConvOperands(
             x=node.args[0] if node.args else node.kwargs.get("input"),
             module_target=str(node.target),
@@ -205,6 +235,13 @@ def _weight_shape(weight: Any, gm: torch.fx.GraphModule) -> Shape | None:
     return info[0] if info else None
 
 
+def _in_channels(weight_shape: Shape | None, transposed: bool, groups: Any) -> int | str | None:
+    """The input's channel count as the weight gives it: (O, C/groups, k..), or (C, O/groups, k..) transposed."""
+    if weight_shape is None:
+        return None
+    return _static(weight_shape[0] if transposed else weight_shape[1] * groups)
+
+
 def _attr(gm: torch.fx.GraphModule, target: str) -> Any:
     obj: Any = gm
     for part in target.split("."):
@@ -213,7 +250,9 @@ def _attr(gm: torch.fx.GraphModule, target: str) -> Any:
 
 
 def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, kind: str, dims: int | None) -> ConvCall:
-    bound = _SIGNATURES[kind].bind(*node.args, **node.kwargs).arguments
+    binding = _SIGNATURES[kind].bind(*node.args, **node.kwargs)
+    binding.apply_defaults()
+    bound = binding.arguments
     weight = bound["weight"]
     weight_shape = _weight_shape(weight, gm)
     if dims is None:
@@ -241,8 +280,12 @@ def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, ki
         transposed=transposed,
         output_padding=_tuple(bound.get("output_padding", 0), n),
         out_channels=_static(weight_shape[1 if transposed else 0]) if weight_shape is not None else None,
+        in_channels=_in_channels(weight_shape, transposed, bound.get("groups", 1)),
         level=level,
-        operands=ConvOperands(x=bound["input"], weight=weight, bias=bound.get("bias"), has_bias=bound.get("bias") is not None),
+        device=_device(bound["input"]),
+        operands=ConvOperands(
+            x=bound["input"], weight=weight, bias=bound.get("bias"), has_bias=bound.get("bias") is not None
+        ),
     )
 
 

@@ -23,28 +23,62 @@ def _fmt(values: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(v) for v in values) + ")"
 
 
+def _padding(call: ConvCall) -> tuple[tuple[int, ...] | None, str]:
+    """The conv's padding as ints per dim, or (None, reason) when the rewrite cannot reproduce it."""
+    if isinstance(call.padding, str):
+        if call.padding == "valid" or (call.padding == "same" and all(k == 1 for k in call.kernel)):
+            return (0,) * len(call.kernel), ""
+        return None, f"padding '{call.padding}'"
+    if call.transposed and call.padding_mode != "zeros":
+        return None, f"padding_mode {call.padding_mode}"
+    return call.padding, ""
+
+
 def qualifies(call: ConvCall) -> Decision:
-    """Whether the conv is computed exactly by ``patchify_conv``: stride == kernel, no padding/dilation/groups."""
+    """Whether the conv is computed exactly by the GEMM form: stride == kernel, no dilation/groups.
+
+    A conv goes to ``patchify_conv`` (padding by any mode first); a transposed conv to ``unpatchify_conv_transpose``.
+    """
     if call.overridden_forward:
         return Decision(False, f"{call.overridden_forward} overrides forward")
-    if call.transposed:
-        return Decision(False, "transposed")
+    if call.output_size_given:
+        return Decision(False, "output_size given at call time")
+    if call.hooks:
+        return Decision(False, f"{call.op} has {', '.join(call.hooks)} hooks")
     if call.kernel is None:
-        return Decision(False, "kernel unknown: the weight's shape is not recorded in the graph")
+        return Decision(False, "kernel unknown: the graph records no static shape for the weight")
     if call.groups != 1:
         return Decision(False, f"groups {call.groups}")
     if any(d != 1 and k > 1 for d, k in zip(call.dilation, call.kernel)):
         return Decision(False, f"dilation {_fmt(call.dilation)}")
-    if isinstance(call.padding, str):
-        if call.padding != "valid":
-            return Decision(False, f"padding '{call.padding}'")
-    elif any(call.padding):
-        if call.padding_mode != "zeros":
-            return Decision(False, f"padding_mode {call.padding_mode} with padding {_fmt(call.padding)}")
-        return Decision(False, f"padding {_fmt(call.padding)}")
+    padding, problem = _padding(call)
+    if padding is None:
+        return Decision(False, problem)
     if call.stride != call.kernel:
         return Decision(False, f"stride {_fmt(call.stride)} != kernel {_fmt(call.kernel)}")
-    return Decision(True, f"stride == kernel {_fmt(call.kernel)}")
+    reason = ("transposed, " if call.transposed else "") + f"stride == kernel {_fmt(call.kernel)}"
+    if any(padding):
+        mode = "" if call.transposed or call.padding_mode == "zeros" else f" {call.padding_mode}"
+        reason += f", padding {_fmt(padding)}{mode}"
+    if call.transposed and any(call.output_padding):
+        reason += f", output_padding {_fmt(call.output_padding)}"
+    return Decision(True, reason)
+
+
+def _auto(call: ConvCall) -> Decision:
+    """Policy "auto": the cost model on CUDA, a cached micro-benchmark elsewhere, rewrite where nothing is known."""
+    if call.device is None:
+        return Decision(True, "auto: device unknown, rewritten")
+    if call.input_shape is None or not all(isinstance(s, int) for s in call.input_shape):
+        return Decision(True, "auto: input shape not static, rewritten")
+    if call.device.startswith("cuda"):
+        return Decision(True, "auto: cuda (every measured shape faster, bench/RESULTS.md)")
+    from . import autotune
+
+    gemm_ms, conv_ms = autotune.timings(call)
+    return Decision(
+        gemm_ms < conv_ms, f"auto: GEMM {gemm_ms:.2f} ms vs conv {conv_ms:.2f} ms ({call.device}, {call.dtype})"
+    )
 
 
 def decide(call: ConvCall, options: Options) -> Decision:
@@ -52,4 +86,6 @@ def decide(call: ConvCall, options: Options) -> Decision:
     decision = qualifies(call)
     if decision.rewrite and options.policy == "never":
         return Decision(False, f"policy 'never' ({decision.reason})")
+    if decision.rewrite and options.policy == "auto":
+        return _auto(call)
     return decision

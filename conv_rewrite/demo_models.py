@@ -7,8 +7,8 @@ random weights; ``demo_cases`` sizes them for the device: real sizes on CUDA, sm
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -107,7 +107,7 @@ class NotPatchify(nn.Module):
 
     def __init__(self, channels: int = 8):
         super().__init__()
-        self.padded = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.padded = nn.Conv2d(channels, channels, kernel_size=3, padding="same")
         self.dilated = nn.Conv2d(channels, channels, kernel_size=2, stride=2, dilation=2)
         self.grouped = nn.Conv2d(channels, channels, kernel_size=2, stride=2, groups=4)
         self.overlapping = nn.Conv2d(channels, channels, kernel_size=4, stride=2)
@@ -132,26 +132,80 @@ def demo_cases(device: str = "cpu", quick: bool = False) -> list[DemoCase]:
     """The zoo, at real sizes for CUDA, small ones for the CPU, smallest with ``quick``."""
     if device == "cuda":
         return [
-            DemoCase("video_dit", "Wan 1.3B-style DiT, 480p, 5 latent frames", lambda: VideoDiT(16, 1536, 12),
-                     (1, 16, 5, 60, 104), 1, 1),
-            DemoCase("qwen_vl_patch_embed", "Qwen2-VL vision patch embed, 8192 patches",
-                     lambda: QwenVLPatchEmbed(1280), (8192, 3 * 2 * 14 * 14), 1, 1),
-            DemoCase("videomae_embed", "VideoMAE-B tubelet embed, 16 frames 224px",
-                     lambda: VideoMAEEmbed(768, 16, 224), (8, 3, 16, 224, 224), 1, 1),
+            DemoCase(
+                "video_dit",
+                "Wan 1.3B-style DiT, 480p, 5 latent frames",
+                lambda: VideoDiT(16, 1536, 12),
+                (1, 16, 5, 60, 104),
+                1,
+                1,
+            ),
+            DemoCase(
+                "qwen_vl_patch_embed",
+                "Qwen2-VL vision patch embed, 8192 patches",
+                lambda: QwenVLPatchEmbed(1280),
+                (8192, 3 * 2 * 14 * 14),
+                1,
+                1,
+            ),
+            DemoCase(
+                "videomae_embed",
+                "VideoMAE-B tubelet embed, 16 frames 224px",
+                lambda: VideoMAEEmbed(768, 16, 224),
+                (8, 3, 16, 224, 224),
+                1,
+                1,
+            ),
             DemoCase("vit", "ViT-B/16 at 224px", lambda: ViT(768, 12, 224), (32, 3, 224, 224), 1, 1),
-            DemoCase("not_patchify", "padded, dilated, grouped, overlapping", lambda: NotPatchify(64),
-                     (8, 64, 256, 256), 4, 0),
+            DemoCase(
+                "not_patchify",
+                "padded, dilated, grouped, overlapping",
+                lambda: NotPatchify(64),
+                (8, 64, 256, 256),
+                4,
+                0,
+            ),
         ]
     scale = 1 if quick else 2
     return [
-        DemoCase("video_dit", "Wan-style DiT: patch embed + block", lambda: VideoDiT(16, 64 * scale, 2),
-                 (1, 16, 2 * scale, 16 * scale, 16 * scale), 1, 1),
-        DemoCase("qwen_vl_patch_embed", f"Qwen2-VL vision patch embed, {512 * scale} patches",
-                 lambda: QwenVLPatchEmbed(128 * scale), (512 * scale, 3 * 2 * 14 * 14), 1, 1),
-        DemoCase("videomae_embed", "VideoMAE tubelet embed", lambda: VideoMAEEmbed(96 * scale, 4, 32 * scale),
-                 (2, 3, 4, 32 * scale, 32 * scale), 1, 1),
-        DemoCase("vit", "ViT with 16x16 patches", lambda: ViT(96 * scale, 3, 32 * scale),
-                 (4, 3, 32 * scale, 32 * scale), 1, 1),
-        DemoCase("not_patchify", "padded, dilated, grouped, overlapping", lambda: NotPatchify(8),
-                 (1, 8, 32 * scale, 32 * scale), 4, 0),
+        DemoCase(
+            "video_dit",
+            "Wan-style DiT: patch embed + block",
+            lambda: VideoDiT(16, 64 * scale, 2),
+            (1, 16, 2 * scale, 16 * scale, 16 * scale),
+            1,
+            1,
+        ),
+        DemoCase(
+            "qwen_vl_patch_embed",
+            f"Qwen2-VL vision patch embed, {512 * scale} patches",
+            lambda: QwenVLPatchEmbed(128 * scale),
+            (512 * scale, 3 * 2 * 14 * 14),
+            1,
+            1,
+        ),
+        DemoCase(
+            "videomae_embed",
+            "VideoMAE tubelet embed",
+            lambda: VideoMAEEmbed(96 * scale, 4, 32 * scale),
+            (2, 3, 4, 32 * scale, 32 * scale),
+            1,
+            1,
+        ),
+        DemoCase(
+            "vit",
+            "ViT with 16x16 patches",
+            lambda: ViT(96 * scale, 3, 32 * scale),
+            (4, 3, 32 * scale, 32 * scale),
+            1,
+            1,
+        ),
+        DemoCase(
+            "not_patchify",
+            "padded, dilated, grouped, overlapping",
+            lambda: NotPatchify(8),
+            (1, 8, 32 * scale, 32 * scale),
+            4,
+            0,
+        ),
     ]

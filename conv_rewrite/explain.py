@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
 
+from ._torch_private import automatic_dynamic_state_kept
 from .options import Options, make_options
 from .report import Report, ReportRow
 from .rewrite import rewrite
-from ._torch_private import automatic_dynamic_state_kept
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,34 @@ class GraphCode:
 class Explanation(Report):
     """The rows of every conv in the model's graphs (a Report) and each graph's code before and after the rewrite."""
 
-    columns = ("module", "graph", "input_shape", "dtype", "kernel", "stride", "padding", "dilation", "groups",
-               "decision", "reason", "gemm")
-    headers = ("module", "graph", "input", "dtype", "kernel", "stride", "padding", "dilation", "groups",
-               "decision", "reason", "GEMM (M, K, N)")
+    columns = (
+        "module",
+        "graph",
+        "input_shape",
+        "dtype",
+        "kernel",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "decision",
+        "reason",
+        "gemm",
+    )
+    headers = (
+        "module",
+        "graph",
+        "input",
+        "dtype",
+        "kernel",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "decision",
+        "reason",
+        "GEMM (M, K, N)",
+    )
 
     def __init__(self, rows: list[ReportRow] | None = None, graphs: list[GraphCode] | None = None):
         super().__init__(rows)
@@ -49,7 +74,7 @@ class Explanation(Report):
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "Explanation":
+    def from_json(cls, text: str) -> Explanation:
         """The Explanation ``to_json`` wrote."""
         data = json.loads(text)
         return cls([ReportRow.from_dict(d) for d in data["convs"]], [GraphCode(**g) for g in data["graphs"]])

@@ -15,8 +15,8 @@ import torch.fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.fx.node import map_arg
 
-from .conv_call import tensor_info
 from ._torch_private import fake_mode_of
+from .conv_call import tensor_info
 
 _SHAPE_QUERIES = {"size", "dim", "numel", "shape", "ndim", "dtype", "device", "is_floating_point"}
 
@@ -60,6 +60,14 @@ def _same_value_layout(new: Any, old: Any) -> bool:
         return bool(statically_known_true(new == old)) if isinstance(new, torch.SymInt) else new == old
     except Exception:
         return False
+
+
+def _is_shape_query(node: torch.fx.Node) -> bool:
+    """``t.size()``-like calls, and ``t.shape``-like attribute reads (``getattr(t, "shape")`` in symbolic_trace)."""
+    if node.op == "call_method":
+        return node.target in _SHAPE_QUERIES
+    is_getattr = node.op == "call_function" and node.target is getattr and len(node.args) >= 2
+    return is_getattr and node.args[1] in _SHAPE_QUERIES
 
 
 def _recorded(node: torch.fx.Node) -> Any:
@@ -122,7 +130,7 @@ def layout_is_observed(gm: torch.fx.GraphModule, node: torch.fx.Node, free_value
         for user in current.users:
             if user.op == "output":
                 return True
-            if user.op == "call_method" and user.target in _SHAPE_QUERIES:
+            if _is_shape_query(user):
                 continue
             try:
                 new = replay.run(user, env)
@@ -131,7 +139,11 @@ def layout_is_observed(gm: torch.fx.GraphModule, node: torch.fx.Node, free_value
             old = _recorded(user)
             if old is None and tensor_info(user) is not None:
                 shape, stride, _ = tensor_info(user)
-                if isinstance(new, torch.Tensor) and tuple(new.shape) == shape and same_layout(shape, new.stride(), stride):
+                if (
+                    isinstance(new, torch.Tensor)
+                    and tuple(new.shape) == shape
+                    and same_layout(shape, new.stride(), stride)
+                ):
                     continue
             elif old is not None and _same_value_layout(new, old):
                 continue

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-POLICIES = ("always", "never")
+POLICIES = ("always", "auto", "never")
 
 
 @dataclass(frozen=True)
 class Options:
     """How the rewrite behaves.
 
-    policy: "always" rewrites every conv that qualifies; "never" only reports what it would rewrite.
+    policy: "auto" (the default) rewrites where the GEMM form is faster (the CUDA cost model, or a cached
+    micro-benchmark on other devices), so it never loses; "always" rewrites every conv that qualifies; "never" only
+    reports what it would rewrite. The environment variable CONV_REWRITE_POLICY changes the default.
     """
 
-    policy: str = "always"
+    policy: str = field(default_factory=lambda: os.environ.get("CONV_REWRITE_POLICY", "auto"))
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:

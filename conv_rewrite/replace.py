@@ -13,9 +13,10 @@ import torch
 import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ._torch_private import fake_mode_of, python_dispatcher, same_fake_mode
 from .conv_call import ConvCall
-from .patchify import patchify_conv, patchify_conv_like_conv
-from ._torch_private import fake_mode_of, same_fake_mode
+from .layout import free_strides
+from .patchify import patchify_conv, patchify_conv_like_conv, unpatchify_conv_transpose
 
 # Output layouts a replacement can be asked for.
 FREE, CONTIGUOUS, AS_CONV = "free view", "contiguous", "as conv at run time"
@@ -23,10 +24,19 @@ FREE, CONTIGUOUS, AS_CONV = "free view", "contiguous", "as conv at run time"
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "seq_nr")
 
 
-def _function_for(layout: str) -> tuple[Any, dict[str, Any]]:
+def replacement(call: ConvCall, layout: str) -> Any:
+    """The pure function (operands x, weight[, bias]) that computes ``call`` with the given output ``layout``."""
+    padding = (0,) * len(call.kernel) if isinstance(call.padding, str) else call.padding
+    if call.transposed:
+        return functools.partial(unpatchify_conv_transpose, padding=padding, output_padding=call.output_padding)
+    if any(padding):
+        mode = call.padding_mode
+        return functools.partial(
+            patchify_conv, contiguous_output=layout == CONTIGUOUS, padding=padding, padding_mode=mode
+        )
     if layout == AS_CONV:
-        return patchify_conv_like_conv, {}
-    return patchify_conv, {"contiguous_output": layout == CONTIGUOUS}
+        return patchify_conv_like_conv
+    return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS)
 
 
 def _recorded(node: Any) -> Any:
@@ -47,19 +57,22 @@ def _operand_nodes(gm: torch.fx.GraphModule, call: ConvCall) -> list[Any]:
 
 def replace_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall, layout: str) -> torch.fx.Node:
     """Replace ``node`` by the patchify GEMM with the given output ``layout``; returns the node producing it."""
-    fn, kwargs = _function_for(layout)
+    fn = replacement(call, layout)
     with gm.graph.inserting_before(node):
         operands = _operand_nodes(gm, call)
         if call.level == "aten":
-            new = _insert_aten(gm, node, functools.partial(fn, **kwargs), operands)
+            new = _insert_aten(gm, node, fn, operands)
         else:
-            new = gm.graph.call_function(fn, tuple(operands), kwargs)
+            partial = isinstance(fn, functools.partial)
+            new = gm.graph.call_function(fn.func if partial else fn, tuple(operands), fn.keywords if partial else {})
             key, value = _recorded(node)
             if key is not None:
-                new.meta[key] = _fake_run(functools.partial(fn, **kwargs), operands)
+                new.meta[key] = _fake_run(fn, operands)
     for name in _KEPT_META:
         if name in node.meta and name not in new.meta:
             new.meta[name] = node.meta[name]
+    if "tensor_meta" in node.meta and "tensor_meta" not in new.meta:
+        new.meta["tensor_meta"] = _tensor_meta(node.meta["tensor_meta"], layout, call.dims)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
@@ -79,14 +92,22 @@ def _fake_run(fn: Any, operands: list[Any]) -> Any:
         values = _fake_values(operands)
     except LookupError:
         return None
-    with fake_mode_of(values[0]):
+    with fake_mode_of(values[0]), python_dispatcher():
         return fn(*values)
 
 
 def _insert_aten(gm: torch.fx.GraphModule, node: torch.fx.Node, fn: Any, operands: list[Any]) -> torch.fx.Node:
     """Trace ``fn`` to ATen on the operands' fake values and copy its nodes in before ``node``."""
     values = _fake_values(operands)
-    with fake_mode_of(values[0]):
+    with fake_mode_of(values[0]), python_dispatcher():
         traced = make_fx(fn, tracing_mode="real")(*values)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     return gm.graph.graph_copy(traced.graph, dict(zip(placeholders, operands)))
+
+
+def _tensor_meta(conv_meta: Any, layout: str, dims: int) -> Any:
+    """ShapeProp's TensorMetadata of the conv, restrided for the replacement: later convs read their input's shape
+    from it, and layout planning replays users on it."""
+    if layout != FREE:  # the conv's own strides
+        return conv_meta
+    return conv_meta._replace(stride=free_strides(tuple(conv_meta.shape), dims), memory_format=None)

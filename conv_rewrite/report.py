@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from tabulate import tabulate
 
@@ -16,20 +17,27 @@ REWRITTEN, SKIPPED = "rewritten", "skipped"
 
 
 def _gemm(call: ConvCall) -> tuple[Any, Any, Any] | None:
-    """(M, K, N) of the GEMM a rewritten conv becomes; M is None when the input's size is not static."""
+    """(M, K, N) of the GEMM a rewritten conv becomes; M is None when the input's size is not static.
+
+    K = C * prod(kernel) comes from the weight, so it is known even where the input's shape is not.
+    """
     if call.kernel is None:
         return None
     shape = call.input_shape
+    padding = (0,) * len(call.kernel) if isinstance(call.padding, str) or call.transposed else call.padding
     m = None
-    channels = None
     if shape is not None and all(isinstance(s, int) for s in shape):
         batch = shape[0] if len(shape) == len(call.kernel) + 2 else 1
-        channels = shape[-len(call.kernel) - 1]
-        m = batch * math.prod(s // k for s, k in zip(shape[-len(call.kernel):], call.kernel))
-    elif shape is not None and isinstance(shape[-len(call.kernel) - 1], int):
-        channels = shape[-len(call.kernel) - 1]
-    k = channels * math.prod(call.kernel) if channels is not None else None
-    return (m, k, call.out_channels)
+        spatial = shape[-len(call.kernel):]
+        if call.transposed:
+            m = batch * math.prod(spatial)
+        else:
+            m = batch * math.prod((s + 2 * p) // k for s, p, k in zip(spatial, padding, call.kernel))
+    channels = call.in_channels if isinstance(call.in_channels, int) else None
+    if call.transposed:
+        n = call.out_channels * math.prod(call.kernel) if isinstance(call.out_channels, int) else None
+        return (m, channels, n)
+    return (m, channels * math.prod(call.kernel) if channels is not None else None, call.out_channels)
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ class ReportRow:
     graph: str | None = None
 
     @classmethod
-    def of(cls, call: ConvCall, decision: Decision, layout: str | None, graph: str | None = None) -> "ReportRow":
+    def of(cls, call: ConvCall, decision: Decision, layout: str | None, graph: str | None = None) -> ReportRow:
         return cls(
             node=call.node,
             module=call.module,
@@ -84,7 +92,7 @@ class ReportRow:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ReportRow":
+    def from_dict(cls, data: dict[str, Any]) -> ReportRow:
         """The row ``to_dict`` (or its JSON) describes."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
@@ -117,7 +125,7 @@ class Report:
     def __getitem__(self, index: int) -> ReportRow:
         return self.rows[index]
 
-    def extend(self, other: "Report") -> None:
+    def extend(self, other: Report) -> None:
         self.rows.extend(other.rows)
 
     @property

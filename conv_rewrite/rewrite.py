@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from ._torch_private import fake_mode_of
 from .conv_call import ConvCall, conv_call, tensor_info
 from .decide import Decision, decide
 from .layout import contiguous_strides, free_strides, layout_is_observed, same_layout
@@ -14,28 +15,34 @@ from .options import Options, make_options
 from .record import record
 from .replace import AS_CONV, CONTIGUOUS, FREE, replace_conv
 from .report import Report, ReportRow
-from ._torch_private import fake_mode_of
+
 
 def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -> tuple[str | None, str]:
     """The output layout the replacement must produce, or (None, reason) when none reproduces the conv's."""
     info = tensor_info(node)
+    if call.level == "aten":
+        ops = call.operands
+        traced_on = [node, ops.x, ops.weight] + ([ops.bias] if ops.has_bias else [])
+        recorded = [n.meta.get("val", n.meta.get("example_value")) for n in traced_on if isinstance(n, torch.fx.Node)]
+        if len(recorded) < len(traced_on) or not all(isinstance(v, torch.Tensor) for v in recorded):
+            return None, "no meta['val'] on the ATen node or its operands: the replacement cannot be traced"
     if info is None:
-        if call.level == "aten":
-            return None, "no meta['val'] on the ATen node: the replacement cannot be traced"
-        return AS_CONV, ""
+        return (CONTIGUOUS if call.transposed else AS_CONV), ""
     shape, stride, dtype = info
-    free = free_strides(shape, call.dims)
+    free = contiguous_strides(shape) if call.transposed else free_strides(shape, call.dims)
+    natural = CONTIGUOUS if call.transposed else FREE
     if same_layout(shape, stride, free):
-        return FREE, ""
+        return natural, ""
     recorded = node.meta.get("val", node.meta.get("example_value"))
     device = recorded.device if isinstance(recorded, torch.Tensor) else None
     with fake_mode_of(recorded if isinstance(recorded, torch.Tensor) else None):
         free_value = torch.empty_strided(shape, free, dtype=dtype, device=device)
     if not layout_is_observed(gm, node, free_value):
-        return FREE, ""
-    if same_layout(shape, stride, contiguous_strides(shape)):
+        return natural, ""
+    if not call.transposed and same_layout(shape, stride, contiguous_strides(shape)):
         return CONTIGUOUS, ""
-    return None, f"the conv's output strides {tuple(stride)} are observed and are neither contiguous nor channels-last"
+    wanted = "not contiguous" if call.transposed else "neither contiguous nor channels-last"
+    return None, f"the conv's output strides {tuple(stride)} are observed and are {wanted}"
 
 
 def rewrite(

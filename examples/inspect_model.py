@@ -1,7 +1,7 @@
 """Ask conv_rewrite.explain what the rewrite does to a model: one row per conv, and each graph's code before/after.
 
 The model has a graph break (a print), so Dynamo hands over two graphs, as torch.compile would; the patch embed
-is rewritten, the padded refinement conv is not, and the table says why. Run: python examples/inspect_model.py
+is rewritten, the overlapping refinement conv is not, and the table says why. Run: python examples/inspect_model.py
 """
 
 import torch
@@ -29,7 +29,7 @@ class Encoder(nn.Module):
 def main() -> None:
     model = Encoder()
     video = torch.randn(2, 3, 4, 32, 32)
-    explanation = conv_rewrite.explain(model, video)
+    explanation = conv_rewrite.explain(model, video, policy="always")  # "auto" (default) also weighs the timings
     print(explanation)
     for graph in explanation.graphs:
         print(f"\n---- {graph.name}, before ----\n{graph.before}")

@@ -40,7 +40,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = TinyViT()
     reference = copy.deepcopy(model)
-    backend = conv_rewrite.backend()
+    backend = conv_rewrite.backend(policy="always")  # the default "auto" may keep the conv where it is faster (CPU)
     compiled = torch.compile(model, backend=backend)
 
     images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,))
@@ -48,18 +48,20 @@ def main() -> None:
     ref_loss, ref_grads = loss_and_grads(reference, reference, images, labels)
     err = max((grads[n] - ref_grads[n]).abs().max().item() for n in grads)
     print(f"loss {loss:.6f} (eager {ref_loss:.6f}); max grad err vs eager {err:.2e}")
-    print(f"patch_embed.weight grad err {(grads['patch_embed.weight'] - ref_grads['patch_embed.weight']).abs().max():.2e}")
+    print(
+        f"patch_embed.weight grad err {(grads['patch_embed.weight'] - ref_grads['patch_embed.weight']).abs().max():.2e}"
+    )
     assert err < 1e-4, err
 
     # Learn a task the patch embedding must solve: which color channel holds the bright patch.
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     first = None
-    for step in range(40):
+    for _ in range(40):
         labels = torch.randint(0, 3, (16,))
         images = torch.randn(16, 3, 32, 32) * 0.5
         for i, channel in enumerate(labels.tolist()):
             y, x = torch.randint(0, 4, (2,)).tolist()
-            images[i, channel, 8 * y:8 * y + 8, 8 * x:8 * x + 8] += 2.0
+            images[i, channel, 8 * y : 8 * y + 8, 8 * x : 8 * x + 8] += 2.0
         loss = F.cross_entropy(compiled(images), labels)
         optimizer.zero_grad()
         loss.backward()

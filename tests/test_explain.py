@@ -13,7 +13,7 @@ from conv_rewrite.demo_models import NotPatchify, QwenVLPatchEmbed, VideoDiT
 
 
 class PatchThenPadded(nn.Module):
-    """A patchify Conv3d and, after a graph break, a padded Conv2d."""
+    """A patchify Conv3d and, after a graph break, an overlapping (padded 3x3) Conv2d."""
 
     def __init__(self):
         super().__init__()
@@ -31,13 +31,20 @@ def test_one_row_per_conv_with_module_path_parameters_and_decision():
     rows = {row.module: row for row in explanation}
     assert list(rows) == ["padded", "dilated", "grouped", "overlapping"]
     assert all(row.decision == "skipped" and row.gemm is None for row in explanation)
-    assert rows["padded"].reason == "padding (1, 1)"
+    assert rows["padded"].reason == "padding 'same'"
     assert rows["dilated"].reason == "dilation (2, 2)"
     assert rows["grouped"].reason == "groups 4"
     assert rows["overlapping"].reason == "stride (2, 2) != kernel (4, 4)"
     grouped = rows["grouped"]
-    assert (grouped.input_shape, grouped.dtype, grouped.kernel, grouped.stride, grouped.padding, grouped.dilation,
-            grouped.groups) == ((1, 8, 15, 15), "float32", (2, 2), (2, 2), (0, 0), (1, 1), 4)
+    assert (
+        grouped.input_shape,
+        grouped.dtype,
+        grouped.kernel,
+        grouped.stride,
+        grouped.padding,
+        grouped.dilation,
+        grouped.groups,
+    ) == ((1, 8, 15, 15), "float32", (2, 2), (2, 2), (0, 0), (1, 1), 4)
 
 
 @pytest.mark.parametrize(
@@ -90,7 +97,7 @@ def test_table_names_module_graph_dtype_reason_and_gemm():
     lines = text.splitlines()
     assert lines[0].split()[:4] == ["module", "graph", "input", "dtype"]
     assert "patch_embedding" in lines[2] and "float32" in lines[2] and "(96, 16, 8)" in lines[2]
-    assert "refine" in lines[3] and "padding (1, 1)" in lines[3]
+    assert "refine" in lines[3] and "stride (1, 1) != kernel (3, 3)" in lines[3]
     assert lines[-1] == "1 of 2 conv(s) rewritten, 1 skipped in 2 graph(s)"
 
 
