@@ -3,6 +3,7 @@
 from .aten_pass import AtenConvRewritePass
 from .backend import ConvRewriteBackend, backend
 from .convert import convert_, restore_
+from .explain import Explanation, explain
 from .inductor_pass import (
     ConvRewritePass,
     inductor_options,
@@ -20,12 +21,14 @@ __all__ = [
     "AtenConvRewritePass",
     "ConvRewriteBackend",
     "ConvRewritePass",
+    "Explanation",
     "Options",
     "Report",
     "ReportRow",
     "backend",
     "collect_reports",
     "convert_",
+    "explain",
     "inductor_options",
     "inductor_pass",
     "install_inductor_pass",

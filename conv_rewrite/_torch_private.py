@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -91,3 +94,21 @@ def inductor_compiler(mode: str | None, options: dict[str, Any] | None) -> Any:
     ``torch._TorchCompileInductorWrapper(mode, options, dynamic)``: same constructor on 2.11 and 2.13.
     """
     return torch._TorchCompileInductorWrapper(mode, options, None)
+
+
+@contextlib.contextmanager
+def automatic_dynamic_state_kept() -> Iterator[None]:
+    """Within the block, compiles record the sizes they see as usual; afterwards Dynamo's record is as before.
+
+    Dynamo marks a size dynamic when a later compile of the same code sees another value (automatic dynamic), from a
+    per-process record in ``torch._dynamo.pgo`` (``get_code_state()``: a dict keyed by code, same on 2.11 and 2.13).
+    """
+    from torch._dynamo import pgo
+
+    saved = copy.deepcopy(pgo.get_code_state())
+    try:
+        yield
+    finally:
+        state = pgo.get_code_state()
+        state.clear()
+        state.update(saved)

@@ -43,10 +43,13 @@ class ConvRewriteBackend:
         self.report = Report()
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **compile_kwargs: Any) -> Any:
-        self.report.extend(rewrite(gm, self.options, where=f"dynamo graph {next(_graph_ids)}"))
+        report = rewrite(gm, self.options, where=f"dynamo graph {next(_graph_ids)}")
         if self.inner == "inductor":
-            return inductor_compiler(compile_kwargs.get("mode"), compile_kwargs.get("options"))(gm, example_inputs)
-        return self.inner(gm, example_inputs, **compile_kwargs)
+            compiled = inductor_compiler(compile_kwargs.get("mode"), compile_kwargs.get("options"))(gm, example_inputs)
+        else:
+            compiled = self.inner(gm, example_inputs, **compile_kwargs)
+        self.report.extend(report)  # after the inner compile: a graph Dynamo restarts is not counted twice
+        return compiled
 
     def __repr__(self) -> str:
         inner = self.inner if isinstance(self.inner, str) else getattr(self.inner, "__name__", repr(self.inner))

@@ -91,6 +91,11 @@ class ReportRow:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReportRow:
+        """The row ``to_dict`` (or its JSON) describes."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
 
 def _cell(value: Any) -> str:
     if value is None:

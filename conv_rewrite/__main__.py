@@ -1,0 +1,7 @@
+"""``python -m conv_rewrite``: the ``conv-rewrite`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
