@@ -5,6 +5,7 @@ A pure function of the ConvCall and the Options, shared by every entry point: on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .conv_call import ConvCall
@@ -65,6 +66,21 @@ def qualifies(call: ConvCall) -> Decision:
     return Decision(True, reason)
 
 
+def _cuda_cost_model(call: ConvCall) -> Decision:
+    """Fitted on the H100 op-level benchmark (bench/RESULTS.md): the GEMM form won 50 of 52 cases, 1-, 2- and 3-d.
+
+    The two losses are one shape: a channel-first Conv1d whose patches are wider than its output (wav2vec2 layer 5,
+    C*k = 1024 > O = 512: forward 0.84x), where the permute is a narrow transpose that costs more than the GEMM saves.
+    A Conv1d with a narrower patch (ACE-Step, C*k = 384 < O = 2048) won 3.5x.
+    """
+    patch_width = call.in_channels * math.prod(call.kernel) if isinstance(call.in_channels, int) else None
+    if call.dims == 1 and not call.transposed and patch_width is not None and patch_width > (call.out_channels or 0):
+        return Decision(
+            False, f"auto: cuda cost model: Conv1d with C*k = {patch_width} > O = {call.out_channels} measured slower"
+        )
+    return Decision(True, "auto: cuda cost model (the GEMM form won 50 of 52 H100 cases, bench/RESULTS.md)")
+
+
 def _auto(call: ConvCall) -> Decision:
     """Policy "auto": the cost model on CUDA, a cached micro-benchmark elsewhere, rewrite where nothing is known."""
     if call.device is None:
@@ -72,7 +88,7 @@ def _auto(call: ConvCall) -> Decision:
     if call.input_shape is None or not all(isinstance(s, int) for s in call.input_shape):
         return Decision(True, "auto: input shape not static, rewritten")
     if call.device.startswith("cuda"):
-        return Decision(True, "auto: cuda cost model (the GEMM form won 50 of 52 H100 cases, bench/RESULTS.md)")
+        return _cuda_cost_model(call)
     from . import autotune
 
     gemm_ms, conv_ms = autotune.timings(call)

@@ -62,3 +62,31 @@ def test_always_and_never_do_not_measure(monkeypatch):
 def test_invalid_policy_lists_the_valid_ones():
     with pytest.raises(ValueError, match="always, auto, never"):
         conv_rewrite.Options(policy="fast")
+
+
+def _call_on_cuda(conv: nn.Module, x: torch.Tensor):
+    """The ConvCall of ``conv`` as a CUDA graph would record it (the CPU build cannot make CUDA tensors)."""
+    from dataclasses import replace
+
+    from conv_rewrite.conv_call import conv_call
+
+    gm = _traced(conv, x)
+    node = next(n for n in gm.graph.nodes if n.op == "call_module")
+    return replace(conv_call(node, gm), device="cuda:0")
+
+
+@pytest.mark.parametrize(
+    "conv,x,rewritten",
+    [
+        (nn.Conv1d(512, 512, 2, stride=2), torch.randn(1, 512, 64), False),  # wav2vec2 layer 5: C*k > O, 0.84x
+        (nn.Conv1d(192, 2048, 2, stride=2), torch.randn(1, 192, 64), True),  # ACE-Step: C*k < O, 3.5x
+        (nn.Conv3d(16, 64, (1, 2, 2), stride=(1, 2, 2)), torch.randn(1, 16, 2, 8, 8), True),  # Wan: 5x
+        (nn.Conv2d(3, 64, 14, stride=14), torch.randn(1, 3, 28, 28), True),  # CLIP: input-heavy 2-d still wins
+    ],
+)
+def test_auto_on_cuda_follows_the_fitted_cost_model_without_measuring(monkeypatch, conv, x, rewritten):
+    from conv_rewrite.decide import decide
+
+    monkeypatch.setattr(autotune, "_benchmark", lambda call: pytest.fail("benchmarked"))
+    decision = decide(_call_on_cuda(conv, x), conv_rewrite.Options(policy="auto"))
+    assert decision.rewrite is rewritten and decision.reason.startswith("auto: cuda cost model")
