@@ -1,17 +1,25 @@
 """Smoke test of the benchmark suite: the CPU quick path on one tiny shape runs end to end and every column it times
 computes the conv (checked against the float32 conv inside the bench), and the rewrite really ran.
+
+The bench sets process-wide Dynamo and Inductor settings (bench/config.py), so it runs in a process of its own.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
-from bench.cli import main
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_cpu_quick_tiny_shape_runs_and_checks_every_column(tmp_path, capsys):
-    code = main(
+def test_bench_cpu_quick_tiny_shape_runs_and_checks_every_column(tmp_path):
+    done = subprocess.run(
         [
+            sys.executable,
+            "-m",
+            "bench",
             "--device",
             "cpu",
             "--quick",
@@ -25,9 +33,13 @@ def test_bench_cpu_quick_tiny_shape_runs_and_checks_every_column(tmp_path, capsy
             "5",
             "--out",
             str(tmp_path),
-        ]
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert code == 0
+    assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     by_variant = {(r["variant"], r["mode"]): r for r in results}
     assert set(by_variant) == {(v, m) for v in ("conv", "rw_backend", "floor") for m in ("fwd", "fwd+bwd")}
@@ -39,4 +51,4 @@ def test_bench_cpu_quick_tiny_shape_runs_and_checks_every_column(tmp_path, capsy
     assert by_variant[("conv", "fwd")]["rewritten"] == 0
     text = (tmp_path / "results.md").read_text()
     assert "| tiny " in text and "## Targets" in text
-    assert "rw_backend" in capsys.readouterr().out
+    assert "rw_backend" in done.stdout
