@@ -15,13 +15,12 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch._inductor.pattern_matcher import CallFunction, KeywordArg, Match, PatternMatcherPass, register_graph_pattern
 
 from .conv_call import conv_call
-from .decide import Decision, decide
 from .inductor_pass import code_hash
 from .options import Options
 from .record import record
 from .replace import replacement
 from .report import Report, ReportRow
-from .rewrite import plan_layout
+from .rewrite import plan
 
 aten = torch.ops.aten
 _ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "transposed", "output_padding", "groups")
@@ -49,11 +48,7 @@ class AtenConvRewritePass(CustomGraphPass):
         def check(match: Match) -> bool:
             node = match.output_node()
             call = conv_call(node, gm)
-            decision = decide(call, self.options)
-            layout = None
-            if decision.rewrite:
-                layout, problem = plan_layout(gm, node, call)
-                decision = decision if layout is not None else Decision(False, problem)
+            decision, layout = plan(gm, node, call, self.options)
             report.rows.append(ReportRow.of(call, decision, layout, where))
             if decision.rewrite:
                 replacements[node] = replacement(call, layout)

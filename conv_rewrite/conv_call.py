@@ -119,14 +119,25 @@ class ConvCall:
     operands: ConvOperands = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
 
+RECORDED_KEYS = ("val", "example_value")  # make_fx/export/AOT, Dynamo
+
+
+def recorded_value(node: Any) -> Any:
+    """The (fake) value a tracer recorded on ``node``: ``meta['val']`` or Dynamo's ``meta['example_value']``."""
+    if isinstance(node, torch.fx.Node):
+        for key in RECORDED_KEYS:
+            if key in node.meta:
+                return node.meta[key]
+    return None
+
+
 def tensor_info(node: Any) -> tuple[Shape, Shape | None, torch.dtype] | None:
     """(shape, stride, dtype) recorded on a node by Dynamo, make_fx/export or ShapeProp; None when unknown."""
     if not isinstance(node, torch.fx.Node):
         return None
-    for key in ("val", "example_value"):
-        value = node.meta.get(key)
-        if isinstance(value, torch.Tensor):
-            return tuple(value.shape), tuple(value.stride()), value.dtype
+    value = recorded_value(node)
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape), tuple(value.stride()), value.dtype
     tm = node.meta.get("tensor_meta")
     if tm is not None and hasattr(tm, "shape"):
         return tuple(tm.shape), tuple(tm.stride), tm.dtype
@@ -244,7 +255,7 @@ def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | No
 def _weight_shape(weight: Any, gm: torch.fx.GraphModule) -> Shape | None:
     if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
         try:
-            return tuple(_attr(gm, str(weight.target)).shape)
+            return tuple(graph_attr(gm, str(weight.target)).shape)
         except AttributeError:
             return None
     info = tensor_info(weight)
@@ -258,7 +269,8 @@ def _in_channels(weight_shape: Shape | None, transposed: bool, groups: Any) -> i
     return _static(weight_shape[0] if transposed else weight_shape[1] * groups)
 
 
-def _attr(gm: torch.fx.GraphModule, target: str) -> Any:
+def graph_attr(gm: torch.fx.GraphModule, target: str) -> Any:
+    """The attribute a ``get_attr`` node's dotted ``target`` names on ``gm``."""
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)

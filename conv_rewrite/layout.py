@@ -16,7 +16,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from torch.fx.node import map_arg
 
 from ._torch_private import fake_mode_of
-from .conv_call import tensor_info
+from .conv_call import graph_attr, recorded_value, tensor_info
 
 _SHAPE_QUERIES = {"size", "dim", "numel", "shape", "ndim", "dtype", "device", "is_floating_point"}
 
@@ -70,13 +70,6 @@ def _is_shape_query(node: torch.fx.Node) -> bool:
     return is_getattr and node.args[1] in _SHAPE_QUERIES
 
 
-def _recorded(node: torch.fx.Node) -> Any:
-    for key in ("val", "example_value"):
-        if key in node.meta:
-            return node.meta[key]
-    return None
-
-
 class _Replay:
     """Re-runs single nodes on fake tensors, substituting new values for some nodes."""
 
@@ -87,7 +80,7 @@ class _Replay:
     def value(self, arg: Any, env: dict[torch.fx.Node, Any]) -> Any:
         if arg in env:
             return env[arg]
-        recorded = _recorded(arg)
+        recorded = recorded_value(arg)
         if recorded is not None:
             return recorded
         info = tensor_info(arg)
@@ -96,9 +89,7 @@ class _Replay:
             with self.fake_mode:
                 return torch.empty_strided(shape, stride, dtype=dtype)
         if arg.op == "get_attr":
-            attr: Any = self.gm
-            for part in str(arg.target).split("."):
-                attr = getattr(attr, part)
+            attr = graph_attr(self.gm, str(arg.target))
             return self.fake_mode.from_tensor(attr) if isinstance(attr, torch.Tensor) else attr
         raise LookupError(f"no value recorded for {arg.name}")
 
@@ -120,7 +111,7 @@ def layout_is_observed(gm: torch.fx.GraphModule, node: torch.fx.Node, free_value
 
     Conservative: a user that cannot be replayed on fake tensors counts as observing.
     """
-    recorded = _recorded(node)
+    recorded = recorded_value(node)
     fake_mode = fake_mode_of(recorded if isinstance(recorded, torch.Tensor) else None)
     replay = _Replay(gm, fake_mode)
     env: dict[torch.fx.Node, Any] = {node: free_value}
@@ -136,7 +127,7 @@ def layout_is_observed(gm: torch.fx.GraphModule, node: torch.fx.Node, free_value
                 new = replay.run(user, env)
             except Exception:
                 return True
-            old = _recorded(user)
+            old = recorded_value(user)
             if old is None and tensor_info(user) is not None:
                 shape, stride, _ = tensor_info(user)
                 if (

@@ -14,7 +14,7 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ._torch_private import fake_mode_of, python_dispatcher, same_fake_mode
-from .conv_call import ConvCall
+from .conv_call import RECORDED_KEYS, ConvCall, recorded_value
 from .layout import free_strides
 from .patchify import patchify_conv, patchify_conv_like_conv, unpatchify_conv_transpose
 
@@ -36,13 +36,6 @@ def replacement(call: ConvCall, layout: str) -> Any:
     return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS, **pad)
 
 
-def _recorded(node: Any) -> Any:
-    for key in ("val", "example_value"):
-        if isinstance(node, torch.fx.Node) and key in node.meta:
-            return key, node.meta[key]
-    return None, None
-
-
 def _operand_nodes(gm: torch.fx.GraphModule, call: ConvCall) -> list[Any]:
     ops = call.operands
     if call.level != "module":
@@ -62,7 +55,7 @@ def replace_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall, 
         else:
             partial = isinstance(fn, functools.partial)
             new = gm.graph.call_function(fn.func if partial else fn, tuple(operands), fn.keywords if partial else {})
-            key, value = _recorded(node)
+            key = next((k for k in RECORDED_KEYS if k in node.meta), None)
             if key is not None:
                 new.meta[key] = _fake_run(fn, operands)
     for name in _KEPT_META:
@@ -77,7 +70,7 @@ def replace_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall, 
 
 def _fake_values(operands: list[Any]) -> list[Any]:
     """The operands' recorded values as fake tensors of one mode (make_fx records each in a mode of its own)."""
-    values = [_recorded(n)[1] for n in operands]
+    values = [recorded_value(n) for n in operands]
     if any(not isinstance(v, torch.Tensor) for v in values):
         raise LookupError("an operand has no recorded value")
     return same_fake_mode(values)

@@ -8,7 +8,7 @@ import torch
 import torch.fx
 
 from ._torch_private import fake_mode_of
-from .conv_call import ConvCall, conv_call, tensor_info
+from .conv_call import ConvCall, conv_call, recorded_value, tensor_info
 from .decide import Decision, decide
 from .layout import contiguous_strides, free_strides, layout_is_observed, same_layout
 from .options import Options, make_options
@@ -23,8 +23,7 @@ def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -
     if call.level == "aten":
         ops = call.operands
         traced_on = [node, ops.x, ops.weight] + ([ops.bias] if ops.has_bias else [])
-        recorded = [n.meta.get("val", n.meta.get("example_value")) for n in traced_on if isinstance(n, torch.fx.Node)]
-        if len(recorded) < len(traced_on) or not all(isinstance(v, torch.Tensor) for v in recorded):
+        if not all(isinstance(recorded_value(n), torch.Tensor) for n in traced_on):
             return None, "no meta['val'] on the ATen node or its operands: the replacement cannot be traced"
     if info is None:
         return (CONTIGUOUS if call.transposed else AS_CONV), ""
@@ -33,7 +32,7 @@ def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -
     natural = CONTIGUOUS if call.transposed else FREE
     if same_layout(shape, stride, free):
         return natural, ""
-    recorded = node.meta.get("val", node.meta.get("example_value"))
+    recorded = recorded_value(node)
     device = recorded.device if isinstance(recorded, torch.Tensor) else None
     with fake_mode_of(recorded if isinstance(recorded, torch.Tensor) else None):
         free_value = torch.empty_strided(shape, free, dtype=dtype, device=device)
@@ -43,6 +42,17 @@ def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -
         return CONTIGUOUS, ""
     wanted = "not contiguous" if call.transposed else "neither contiguous nor channels-last"
     return None, f"the conv's output strides {tuple(stride)} are observed and are {wanted}"
+
+
+def plan(
+    gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall, options: Options
+) -> tuple[Decision, str | None]:
+    """The decision for one conv and, when it is rewritten, the output layout its replacement must produce."""
+    decision = decide(call, options)
+    if not decision.rewrite:
+        return decision, None
+    layout, problem = plan_layout(gm, node, call)
+    return (decision, layout) if layout is not None else (Decision(False, problem), None)
 
 
 def rewrite(
@@ -61,14 +71,9 @@ def rewrite(
         call = conv_call(node, gm)
         if call is None:
             continue
-        decision = decide(call, opts)
-        layout = None
+        decision, layout = plan(gm, node, call, opts)
         if decision.rewrite:
-            layout, problem = plan_layout(gm, node, call)
-            if layout is None:
-                decision = Decision(False, problem)
-            else:
-                replace_conv(gm, node, call, layout)
+            replace_conv(gm, node, call, layout)
         report.rows.append(ReportRow.of(call, decision, layout, where))
     if report.rewritten:
         gm.graph.lint()
