@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 import conv_rewrite
+import conv_rewrite.compile
 from bench.zoo_models import FACTORIES, ZooModel
 
 DEFAULT_MODELS = ("wan_t2v", "videomae", "qwen2_5_vl_vision", "hunyuan_video")
@@ -35,7 +36,7 @@ def _bench(fn: Callable[[], Any], **kwargs: Any) -> float:
     return do_bench(fn, warmup=50, rep=300, return_mode="median", **kwargs)
 
 
-Compiled = tuple[Callable[..., Any], conv_rewrite.ConvRewriteBackend | None]
+Compiled = tuple[Callable[..., Any], conv_rewrite.compile.ConvRewriteBackend | None]
 
 
 def _variants(policy: str) -> dict[str, Callable[[torch.nn.Module], Compiled]]:
@@ -44,7 +45,7 @@ def _variants(policy: str) -> dict[str, Callable[[torch.nn.Module], Compiled]]:
     def default(model: torch.nn.Module) -> tuple[Callable[..., Any], None]:
         return torch.compile(model), None
 
-    def rewrite(model: torch.nn.Module) -> tuple[Callable[..., Any], conv_rewrite.ConvRewriteBackend]:
+    def rewrite(model: torch.nn.Module) -> tuple[Callable[..., Any], conv_rewrite.compile.ConvRewriteBackend]:
         backend = conv_rewrite.backend(policy=policy)
         return torch.compile(model, backend=backend), backend
 

@@ -1,9 +1,13 @@
-"""Every use of a private PyTorch API, in one place, with the versions it was checked on (2.11, 2.13)."""
+"""Every use of a private PyTorch API, in one place, with the versions it was checked on (2.11, 2.13).
+
+Imports torch's private modules inside each function: importing this module loads no compiler.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,7 +69,9 @@ def module_hooks(module: torch.nn.Module) -> tuple[str, ...]:
     return tuple(kind for kind, hooks in kinds.items() if hooks)
 
 
-def conv_returns_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+def conv_returns_channels_last(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool
+) -> bool:
     """Whether a stride == kernel conv of ``x`` returns the channels-last layout (1-d: (B, O, L) with O innermost).
 
     Eager: ask ATen as FakeTensor does (``torch._C._select_conv_backend``,
@@ -80,7 +86,8 @@ def conv_returns_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torc
         inputs = (weight_2d,) if dims == 1 else (x, weight)
         return any(t.is_contiguous(memory_format=fmt) and not t.is_contiguous() for t in inputs)
     zeros = [0] * dims
-    backend = torch._C._select_conv_backend(x, weight, bias, list(weight.shape[2:]), zeros, [1] * dims, False, zeros, 1)
+    kernel = list(weight.shape[2:])
+    backend = torch._C._select_conv_backend(x, weight, bias, kernel, zeros, [1] * dims, transposed, zeros, 1)
     x_2d = x
     if dims == 1:
         x_2d = x.unsqueeze(-2) if x.is_contiguous() else torch.empty(x.shape[:-1] + (1, x.shape[-1]), device="meta")
@@ -112,3 +119,114 @@ def automatic_dynamic_state_kept() -> Iterator[None]:
         state = pgo.get_code_state()
         state.clear()
         state.update(saved)
+
+
+def custom_graph_pass_class() -> type:
+    """Inductor's ``CustomGraphPass`` base class (``torch._inductor.custom_graph_pass``: same on 2.11 and 2.13)."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    return CustomGraphPass
+
+
+def hash_files(files: tuple[str, ...], extra: str) -> str:
+    """Inductor's hash of source files plus a string (``custom_graph_pass.get_hash_for_files``: 2.11, 2.13)."""
+    from torch._inductor.custom_graph_pass import get_hash_for_files
+
+    return get_hash_for_files(files, extra=extra).hex()
+
+
+def current_compile_id() -> Any:
+    """The id of the torch.compile in progress, None outside one (``torch._guards.CompileContext``: 2.11, 2.13)."""
+    from torch._guards import CompileContext
+
+    return CompileContext.current_compile_id()
+
+
+def inductor_config() -> Any:
+    """``torch._inductor.config`` (the module; its entries are read and set by name)."""
+    import torch._inductor.config
+
+    return torch._inductor.config
+
+
+def lookup_backend(name: str) -> Any:
+    """A registered torch.compile backend by name; ValueError naming the valid ones (``torch._dynamo``: 2.11, 2.13)."""
+    from torch._dynamo import list_backends, lookup_backend
+
+    valid = sorted(set(list_backends(exclude_tags=())) | {"inductor"})
+    if name not in valid:
+        raise ValueError(f"unknown inner backend {name!r}; valid backends: {', '.join(valid)}")
+    return lookup_backend(name)
+
+
+def convolution_pattern_pass(check: Any, replace: Any) -> Any:
+    """A PatternMatcherPass with one pattern, ``aten.convolution.default`` with every argument as a KeywordArg.
+
+    ``torch._inductor.pattern_matcher``: CallFunction, KeywordArg, PatternMatcherPass, register_graph_pattern
+    (2.11, 2.13). Literal lists inside a pattern would switch it to element-wise matching, hence KeywordArgs.
+    """
+    from torch._inductor.pattern_matcher import CallFunction, KeywordArg, PatternMatcherPass, register_graph_pattern
+
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "transposed", "output_padding", "groups")
+    pattern = CallFunction(torch.ops.aten.convolution.default, *(KeywordArg(name) for name in names))
+    patterns = PatternMatcherPass()
+    register_graph_pattern(pattern, extra_check=check, pass_dict=patterns)(replace)
+    return patterns
+
+
+def _passes_accept_lists() -> bool:
+    """Whether Inductor's custom pass entries take a list (``custom_graph_pass.get_custom_graph_passes``: 2.13, not
+    2.11)."""
+    from torch._inductor import custom_graph_pass
+
+    return hasattr(custom_graph_pass, "get_custom_graph_passes")
+
+
+def chain_passes(existing: Any, ours: Any) -> Any:
+    """An Inductor custom-pass entry that runs ``existing`` (None, a pass, or a list of passes), then ``ours``.
+
+    Any earlier pass of ``ours``'s class is dropped, so adding ours twice runs it once. A list where Inductor takes
+    one (2.13); a chaining CustomGraphPass where it does not (2.11), whose uuid covers every pass in it.
+    """
+    flat = list(existing) if isinstance(existing, (list, tuple)) else [] if existing is None else [existing]
+    flat = [q for p in flat for q in (p.passes if isinstance(p, _chained_pass_class()) else [p])]
+    flat = [p for p in flat if not isinstance(p, type(ours))]
+    if not flat:
+        return ours
+    if _passes_accept_lists():
+        return [*flat, ours]
+    return _chained_pass_class()([*flat, ours])
+
+
+@functools.cache
+def _chained_pass_class() -> type:
+    base = custom_graph_pass_class()
+
+    class ChainedPass(base):  # type: ignore[misc, valid-type]
+        """Several custom passes in one Inductor entry, run in order (torch 2.11 takes one pass per entry)."""
+
+        def __init__(self, passes: list[Any]):
+            self.passes = passes
+
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            for p in self.passes:
+                p(graph)
+
+        def uuid(self) -> Any:
+            uuids = [p.uuid() if hasattr(p, "uuid") else None for p in self.passes]
+            return None if any(u is None for u in uuids) else "|".join(str(u) for u in uuids)
+
+    return ChainedPass
+
+
+def aten_op(target: Any) -> tuple[str, bool, bool] | None:
+    """(family name, mutable, pointwise) of an ATen OpOverload or OpOverloadPacket; None for anything else.
+
+    ``torch._ops.OpOverload._opname``, ``._schema.is_mutable``, ``OpOverloadPacket._qualified_op_name``: 2.11, 2.13.
+    """
+    if isinstance(target, torch._ops.OpOverload):
+        return target._opname, target._schema.is_mutable, torch.Tag.pointwise in target.tags
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        name = target._qualified_op_name.split("::")[-1]
+        return name, name.endswith("_"), False
+    return None

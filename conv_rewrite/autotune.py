@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from .conv_call import ConvCall
+from .normalize import ConvCall
 from .replace import FREE, replacement
 
 _BUDGET_S, _WARMUP, _MIN_RUNS, _MAX_RUNS = 0.5, 2, 5, 20

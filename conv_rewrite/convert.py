@@ -11,7 +11,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .conv_call import ConvCall, module_conv_call
+from .normalize import ConvCall, module_conv_call
 from .decide import Decision, decide
 from .options import Options, make_options
 from .patchify import patchify_conv_like_conv

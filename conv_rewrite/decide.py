@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .conv_call import ConvCall
+from .normalize import ConvCall
 from .options import Options
 
 

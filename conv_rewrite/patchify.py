@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ def patchify_conv(
     bias: torch.Tensor | None = None,
     *,
     contiguous_output: bool = False,
-    padding: Sequence[int] = (),
+    padding: int | Sequence[int] = (),
     padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """Return ``convNd(x, weight, bias, stride=kernel, padding=padding)`` computed as one matrix multiply.
@@ -29,16 +30,14 @@ def patchify_conv(
 
     ``contiguous_output=False`` multiplies patches by weight.T and returns (B, O, o1..oN) as a free view of the
     (B, o1..oN, O) result: channels-last, which a consumer such as ``.flatten(2).transpose(1, 2)`` reads for free.
-    ``contiguous_output=True`` returns the contiguous layout a conv returns for a contiguous input. Where the output
-    is larger than the patches (O > C*k1*..*kN: Wan, Qwen-VL) the GEMM writes it directly as weight @ patches^T,
-    with the bias folded into the GEMM (no pass over the output); elsewhere (VideoMAE, ViT) the free form plus one
-    copy of the smaller output is faster (bench/NOTES.md). The choice depends on the weight's shape alone, so
-    symbolic input sizes add no guard.
+    ``contiguous_output=True`` returns exactly the strides a conv returns for a contiguous input, computed in the
+    form ``contiguous_form`` chooses.
 
-    ``padding`` (one int per spatial dim) pads both ends first, with zeros or as ``padding_mode`` ("reflect",
+    ``padding`` (an int, or one per spatial dim) pads both ends first, with zeros or as ``padding_mode`` ("reflect",
     "replicate", "circular") says: what nn.ConvNd.forward does, so the result is the padded conv's exactly.
     """
-    n = weight.dim() - 2
+    n = _check_operands(x, weight, bias)
+    padding = _check_padding(padding, padding_mode, n)
     if x.dim() == n + 1:
         return patchify_conv(
             x.unsqueeze(0),
@@ -60,16 +59,104 @@ def patchify_conv(
     out_dims = [2 + 2 * i for i in range(n)]
     kernel_dims = [3 + 2 * i for i in range(n)]
     w = weight.reshape(weight.shape[0], -1)
-    rows = x.permute(0, *out_dims, 1, *kernel_dims).reshape(batch, math.prod(out_sizes), w.shape[1])
-    if contiguous_output and w.shape[0] > w.shape[1]:
+    length = math.prod(out_sizes)
+    rows = x.permute(0, *out_dims, 1, *kernel_dims).reshape(batch, length, w.shape[1])
+    form = contiguous_form(batch, length, w.shape[1], w.shape[0]) if contiguous_output else FREE_VIEW
+    if form == LINEAR_VIEW:
+        return F.linear(rows.reshape(batch, w.shape[1]), w, bias).view(batch, w.shape[0], *out_sizes)
+    if form in (WEIGHT_MM, WEIGHT_BMM):
         if bias is not None:
             rows, w = _fold_bias(rows, w, bias)
-        return torch.matmul(w, rows.transpose(1, 2)).view(batch, w.shape[0], *out_sizes)
-    rows = rows.reshape(-1, w.shape[1])
-    y = F.linear(rows, w, bias).view(batch, *out_sizes, w.shape[0])
+        if form == WEIGHT_MM:
+            y = torch.mm(w, rows[0].transpose(0, 1))
+        else:
+            y = torch.bmm(w.expand(batch, *w.shape), rows.transpose(1, 2))
+        return y.view(batch, w.shape[0], *out_sizes)
+    y = F.linear(rows.reshape(-1, w.shape[1]), w, bias).view(batch, *out_sizes, w.shape[0])
     y = y.permute(0, n + 1, *range(1, n + 1))
     # clone, not contiguous(): canonical strides for size-1 dims too (as the conv has them), and no size guards
-    return y.clone(memory_format=torch.contiguous_format) if contiguous_output else y
+    return y.clone(memory_format=torch.contiguous_format) if form == FREE_CLONE else y
+
+
+# The forms of the GEMM. FREE_VIEW is the channels-last view; the others return the contiguous layout.
+FREE_VIEW, FREE_CLONE, LINEAR_VIEW, WEIGHT_MM, WEIGHT_BMM = "free view", "free + copy", "linear", "weight @ rows^T", (
+    "batched weight @ rows^T"
+)
+
+
+def contiguous_form(batch: Any, length: Any, patch: int, out_channels: int) -> str:
+    """The fastest exact way to produce the contiguous (B, O, o1..oN) output, from sizes known when tracing.
+
+    One output position per sample (L = 1): the (B, O) GEMM result is already that layout. Where the output is larger
+    than the patches (O > K: Wan, HunyuanVideo, Qwen-VL) the GEMM writes it directly as weight @ patches^T (one 2-d
+    GEMM for B = 1, a batched one otherwise); elsewhere (VideoMAE, ViT) the free form plus one copy of the smaller
+    output is faster (bench/NOTES.md). Symbolic sizes count as "not 1": the choice adds no guard.
+    """
+    if _is_one(length):
+        return LINEAR_VIEW
+    if out_channels > patch:
+        return WEIGHT_MM if _is_one(batch) else WEIGHT_BMM
+    return FREE_CLONE
+
+
+def _is_one(size: Any) -> bool:
+    return isinstance(size, int) and size == 1
+
+
+def _shape_error(message: str) -> ValueError:
+    return ValueError(f"patchify_conv: {message}")
+
+
+def _check_operands(x: Any, weight: Any, bias: Any) -> int:
+    """The number of spatial dims; a ValueError/TypeError naming the argument when the conv itself would refuse.
+
+    Only concrete sizes are compared: a symbolic size is never turned into a guard here.
+    """
+    for name, value in (("x", x), ("weight", weight)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"patchify_conv: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"patchify_conv: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    n = weight.dim() - 2
+    if n not in (1, 2, 3):
+        raise _shape_error(f"weight must be (O, C, k1..kN) with N = 1, 2 or 3, got shape {tuple(weight.shape)}")
+    if x.dim() not in (n + 1, n + 2):
+        raise _shape_error(
+            f"x must be (B, C, S1..S{n}) or unbatched (C, S1..S{n}) for a {n}-d weight, "
+            f"got shape {tuple(x.shape)}"
+        )
+    channels = x.shape[0 if x.dim() == n + 1 else 1]
+    if isinstance(channels, int) and isinstance(weight.shape[1], int) and channels != weight.shape[1]:
+        raise _shape_error(
+            f"x has {channels} channels but weight {tuple(weight.shape)} expects {weight.shape[1]} (dim 1)"
+        )
+    if bias is not None and (bias.dim() != 1 or (isinstance(bias.shape[0], int) and bias.shape[0] != weight.shape[0])):
+        raise _shape_error(f"bias must be ({weight.shape[0]},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value is not None and value.dtype != x.dtype:
+            raise TypeError(f"patchify_conv: {name} has dtype {value.dtype} but x has {x.dtype}; they must match")
+    return n
+
+
+def _check_padding(padding: Any, padding_mode: str, n: int) -> tuple[int, ...]:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"patchify_conv: unknown padding_mode {padding_mode!r}; valid: {', '.join(PADDING_MODES)}")
+    if isinstance(padding, int):
+        return (padding,) * n
+    try:
+        values = tuple(padding)
+    except TypeError:
+        raise TypeError(f"patchify_conv: padding must be an int or a sequence of {n} ints, got {padding!r}") from None
+    if len(values) == 1:
+        return values * n  # as ATen broadcasts a 1-element padding
+    if values and len(values) != n:
+        raise _shape_error(f"padding must have one entry per spatial dim ({n}), got {padding!r}")
+    if not all(isinstance(v, int) for v in values):
+        raise TypeError(f"patchify_conv: padding must hold ints, got {padding!r}")
+    return values
+
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def _fold_bias(rows: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +200,52 @@ def patchify_conv_like_conv(
         return patchify_conv_like_conv(
             x.unsqueeze(0), weight, bias, padding=padding, padding_mode=padding_mode
         ).squeeze(0)
-    x = _pad(x, [0] * (weight.dim() - 2) if not padding else padding, padding_mode)
-    return patchify_conv(x, weight, bias, contiguous_output=not conv_returns_channels_last(x, weight, bias))
+    x = _pad(x, _check_padding(padding, padding_mode, weight.dim() - 2), padding_mode)
+    return patchify_conv(x, weight, bias, contiguous_output=not conv_returns_channels_last(x, weight, bias, False))
+
+
+def patchify_conv_channels_last(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    padding: Sequence[int] = (),
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """``patchify_conv``'s channels-last result as a tensor of its own rather than a view of the GEMM's output.
+
+    Its strides are ATen's channels-last strides exactly, size-1 dims included, also where AOTAutograd regenerates
+    a graph output that is a view of an intermediate (it restrides size-1 dims there).
+    """
+    y = patchify_conv(x, weight, bias, padding=padding, padding_mode=padding_mode)
+    order = [0, *range(2, y.dim()), 1]
+    strides = [0] * y.dim()
+    step = 1
+    for d in reversed(order):
+        strides[d] = step
+        step = step * y.shape[d]
+    return torch.empty_strided(y.shape, strides, dtype=y.dtype, device=y.device).copy_(y)
+
+
+def unpatchify_conv_transpose_like_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    padding: Sequence[int] = (),
+    output_padding: Sequence[int] = (),
+) -> torch.Tensor:
+    """``unpatchify_conv_transpose`` with the output strides the transposed conv would return for these inputs."""
+    from ._torch_private import conv_returns_channels_last
+
+    if x.dim() == weight.dim() - 1:
+        return unpatchify_conv_transpose_like_conv(
+            x.unsqueeze(0), weight, bias, padding=padding, output_padding=output_padding
+        ).squeeze(0)
+    y = unpatchify_conv_transpose(x, weight, bias, padding=padding, output_padding=output_padding)
+    if conv_returns_channels_last(x, weight, bias, True):
+        return y.movedim(1, -1).contiguous().movedim(-1, 1)  # ATen's channels-last strides, size-1 dims included
+    return y
 
 
 def unpatchify_conv_transpose(

@@ -14,12 +14,16 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ._torch_private import fake_mode_of, python_dispatcher, same_fake_mode
-from .conv_call import RECORDED_KEYS, ConvCall, recorded_value
-from .layout import free_strides
-from .patchify import patchify_conv, patchify_conv_like_conv, unpatchify_conv_transpose
+from .normalize import RECORDED_KEYS, ConvCall, recorded_value
+from .layout import AS_CONV, CHANNELS_LAST, CONTIGUOUS, FREE, free_strides
+from .patchify import (
+    patchify_conv,
+    patchify_conv_channels_last,
+    patchify_conv_like_conv,
+    unpatchify_conv_transpose,
+    unpatchify_conv_transpose_like_conv,
+)
 
-# Output layouts a replacement can be asked for.
-FREE, CONTIGUOUS, AS_CONV = "free view", "contiguous", "as conv at run time"
 
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "seq_nr")
 
@@ -28,11 +32,13 @@ def replacement(call: ConvCall, layout: str) -> Any:
     """The pure function (operands x, weight[, bias]) that computes ``call`` with the given output ``layout``."""
     padding = (0,) * len(call.kernel) if isinstance(call.padding, str) else call.padding
     if call.transposed:
-        return functools.partial(unpatchify_conv_transpose, padding=padding, output_padding=call.output_padding)
+        fn = unpatchify_conv_transpose_like_conv if layout == AS_CONV else unpatchify_conv_transpose
+        return functools.partial(fn, padding=padding, output_padding=call.output_padding)
     padded = any(padding) or call.padding_mode != "zeros"
     pad = {"padding": padding, "padding_mode": call.padding_mode} if padded else {}
-    if layout == AS_CONV:
-        return functools.partial(patchify_conv_like_conv, **pad) if pad else patchify_conv_like_conv
+    if layout in (AS_CONV, CHANNELS_LAST):
+        fn = patchify_conv_like_conv if layout == AS_CONV else patchify_conv_channels_last
+        return functools.partial(fn, **pad) if pad else fn
     return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS, **pad)
 
 
@@ -97,7 +103,7 @@ def _insert_aten(gm: torch.fx.GraphModule, node: torch.fx.Node, fn: Any, operand
 
 def _tensor_meta(conv_meta: Any, layout: str, dims: int) -> Any:
     """ShapeProp's TensorMetadata of the conv, restrided for the replacement: later convs read their input's shape
-    from it, and layout planning replays users on it."""
+    from it."""
     if layout != FREE:  # the conv's own strides
         return conv_meta
     return conv_meta._replace(stride=free_strides(tuple(conv_meta.shape), dims), memory_format=None)

@@ -10,7 +10,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .conv_call import ConvCall
+from .normalize import ConvCall
 from .decide import Decision
 
 REWRITTEN, SKIPPED = "rewritten", "skipped"

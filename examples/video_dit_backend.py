@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch._dynamo.utils import counters
 
 import conv_rewrite
+import conv_rewrite.record
 
 
 class WanStylePatchEmbed(nn.Module):
@@ -37,7 +38,7 @@ def main() -> None:
             err = (compiled(latents) - model(latents)).abs().max().item()
             print(f"latent frames {frames}: max abs err vs eager {err:.2e}")
             assert err < 1e-4, err
-    print(conv_rewrite.last_report())  # the rows of the last graph rewritten
+    print(conv_rewrite.record.last_report())  # the rows of the last graph rewritten
     print(f"Dynamo graphs for 2 frame counts: {counters['stats']['unique_graphs']}")
 
 

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import conv_rewrite
+import conv_rewrite.compile
 
 IN_CHANNELS, DIM, PATCH = 4, 32, (1, 2, 2)
 GLOBAL_BATCH, FRAMES, HEIGHT, WIDTH = 4, 2, 8, 8
@@ -183,7 +184,7 @@ def case(results: dict[str, Any], name: str) -> Iterator[dict[str, Any]]:
     results[name] = saved
 
 
-def rewrite_then_aot_eager(recorder: RecordTargets) -> conv_rewrite.ConvRewriteBackend:
+def rewrite_then_aot_eager(recorder: RecordTargets) -> conv_rewrite.compile.ConvRewriteBackend:
     return conv_rewrite.backend(inner=recording_aot_eager(recorder))
 
 

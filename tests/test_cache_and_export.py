@@ -10,6 +10,7 @@ import torch
 from models import MixedConvs, mixed_inputs
 
 import conv_rewrite
+import conv_rewrite.compile
 
 COMPILE_TWICE = textwrap.dedent(
     """
@@ -45,10 +46,10 @@ def test_second_identical_compile_in_a_fresh_process_hits_the_cache(tmp_path):
 
 
 def test_uuid_changes_with_options():
-    always = conv_rewrite.ConvRewritePass(conv_rewrite.Options(policy="always")).uuid()
-    never = conv_rewrite.ConvRewritePass(conv_rewrite.Options(policy="never")).uuid()
+    always = conv_rewrite.compile.ConvRewritePass(conv_rewrite.Options(policy="always")).uuid()
+    never = conv_rewrite.compile.ConvRewritePass(conv_rewrite.Options(policy="never")).uuid()
     assert always and never and always != never
-    assert conv_rewrite.ConvRewritePass().uuid() == always
+    assert conv_rewrite.compile.ConvRewritePass().uuid() == always
 
 
 def _no_convolution(gm, kept):
@@ -74,7 +75,7 @@ def test_aten_pattern_pass_on_an_exported_graph():
     model = MixedConvs()
     inputs = mixed_inputs()
     gm = torch.export.export(model, inputs).run_decompositions().module()
-    report = conv_rewrite.AtenConvRewritePass().apply(gm)
+    report = conv_rewrite.compile.AtenConvRewritePass().apply(gm)
     assert {r.module for r in report.rewritten} == {"patch_embedding", "tokens"}
     assert {r.reason for r in report.skipped} == {
         "stride (1, 1) != kernel (3, 3)",

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conv_rewrite import Explanation, cli
+from conv_rewrite.tools import cli
+from conv_rewrite.tools.explain import Explanation
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent

@@ -6,6 +6,7 @@ from models import KEPT_CONVS, PATCH_CONVS, MixedConvs, mixed_inputs
 from torch._dynamo.backends.common import aot_autograd
 
 import conv_rewrite
+import conv_rewrite.compile
 
 # fp32 on CPU: the GEMM sums the same products as the conv in another order; 1e-5 covers that with margin.
 ATOL, RTOL = 1e-5, 1e-5
@@ -47,7 +48,7 @@ def test_inductor_pass_context_manager_scopes_the_rewrite(no_inductor_cache):
     model = MixedConvs()
     inputs = mixed_inputs()
     with conv_rewrite.collect_reports() as report:
-        with conv_rewrite.inductor_pass():
+        with conv_rewrite.compile.inductor_pass():
             outs = torch.compile(model)(*inputs)
     _assert_close(outs, model(*inputs))
     _assert_report(report)
@@ -61,12 +62,12 @@ def test_install_inductor_pass_is_global_until_uninstalled(no_inductor_cache):
     model = MixedConvs()
     inputs = mixed_inputs()
     before = torch._inductor.config.pre_grad_custom_pass
-    conv_rewrite.install_inductor_pass()
+    conv_rewrite.compile.install_inductor_pass()
     try:
         with conv_rewrite.collect_reports() as report:
             outs = torch.compile(model)(*inputs)
     finally:
-        conv_rewrite.uninstall_inductor_pass()
+        conv_rewrite.compile.uninstall_inductor_pass()
     assert torch._inductor.config.pre_grad_custom_pass is before
     _assert_close(outs, model(*inputs))
     _assert_report(report)
@@ -124,13 +125,13 @@ def test_aot_graphs_hold_no_convolution_for_patch_convs():
 
 def test_backend_passes_mode_and_options_to_inductor(monkeypatch):
     seen = []
-    real = conv_rewrite.backend.__globals__["inductor_compiler"]
+    real = conv_rewrite._torch_private.inductor_compiler
 
     def spy(mode, options):
         seen.append((mode, options))
         return real(mode, options)
 
-    monkeypatch.setitem(conv_rewrite.backend.__globals__, "inductor_compiler", spy)
+    monkeypatch.setattr(conv_rewrite._torch_private, "inductor_compiler", spy)
     model = MixedConvs()
     compiled = torch.compile(model, backend="conv_rewrite", options={"epilogue_fusion": False})
     inputs = mixed_inputs()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import conv_rewrite
+import conv_rewrite.record
 from conv_rewrite import Report, convert_, restore_, rewrite
 
 CONV_TARGETS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d, torch.convolution}
@@ -171,7 +172,7 @@ def test_report_rows_equal_rewrite_rows():
         model = mixed_convs()
         expected = rewrite(torch.fx.GraphModule(model, Leaves().trace(model)), policy=policy)
         got = convert_(model, options={"policy": policy})
-        assert conv_rewrite.last_report() is got
+        assert conv_rewrite.record.last_report() is got
         assert [fields(got, i) for i in range(8) if i != 5] == [fields(expected, i) for i in range(8) if i != 5]
         assert [(r.node, r.module, r.graph, r.input_shape) for r in got] == [
             (str(i), str(i), "convert_", None) for i in range(8)

@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 
 import conv_rewrite
-from conv_rewrite import Explanation, explain
-from conv_rewrite.demo_models import NotPatchify, QwenVLPatchEmbed, VideoDiT
+from conv_rewrite import explain
+from conv_rewrite.tools.explain import Explanation
+from conv_rewrite.tools.demo_models import NotPatchify, QwenVLPatchEmbed, VideoDiT
 
 
 class PatchThenPadded(nn.Module):

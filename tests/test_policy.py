@@ -68,7 +68,7 @@ def _call_on_cuda(conv: nn.Module, x: torch.Tensor):
     """The ConvCall of ``conv`` as a CUDA graph would record it (the CPU build cannot make CUDA tensors)."""
     from dataclasses import replace
 
-    from conv_rewrite.conv_call import conv_call
+    from conv_rewrite.normalize import conv_call
 
     gm = _traced(conv, x)
     node = next(n for n in gm.graph.nodes if n.op == "call_module")

@@ -12,7 +12,8 @@ import torch.nn as nn
 from core_helpers import conv_nodes, one_thread, shape_propagated  # noqa: F401 (one_thread: autouse)
 
 import conv_rewrite
-from conv_rewrite import Options, Report, ReportRow
+from conv_rewrite import Options, Report
+from conv_rewrite.report import ReportRow
 
 FP64 = torch.float64
 

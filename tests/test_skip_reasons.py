@@ -286,8 +286,8 @@ def test_observed_output_strides_that_no_replacement_produces_are_not_rewritten(
         node.meta["val"] = torch.empty_strided(val.shape, (o * h * wd, h * wd, 1, h), dtype=val.dtype)
     row = rewrite_expecting_skip(gm, (x, w))
     assert row["reason"] == (
-        f"the conv's output strides {(o * h * wd, h * wd, 1, h)} are observed and are neither contiguous nor "
-        "channels-last"
+        f"the conv's output strides {(o * h * wd, h * wd, 1, h)} are observed (output: returned from the graph) and "
+        "are neither contiguous nor channels-last"
     )
 
 

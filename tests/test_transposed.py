@@ -10,7 +10,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 import conv_rewrite
-from conv_rewrite.conv_call import conv_call
+import conv_rewrite.compile
+from conv_rewrite.normalize import conv_call
 from conv_rewrite.patchify import unpatchify_conv_transpose
 
 aten = torch.ops.aten
@@ -113,7 +114,7 @@ def test_aten_pattern_pass_rewrites_transposed():
     model = UpBlock(2, output_padding=1)
     x = _input(2).float()
     gm = torch.export.export(model, (x,)).run_decompositions().module()
-    report = conv_rewrite.AtenConvRewritePass(conv_rewrite.Options(policy="always")).apply(gm)
+    report = conv_rewrite.compile.AtenConvRewritePass(conv_rewrite.Options(policy="always")).apply(gm)
     assert [r.decision for r in report.rows] == ["rewritten"]
     assert not [n for n in gm.graph.nodes if n.target is aten.convolution.default]
     torch.testing.assert_close(gm(x), model(x), atol=1e-5, rtol=1e-5)

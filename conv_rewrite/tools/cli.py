@@ -24,7 +24,7 @@ from tabulate import tabulate
 from .compare import Comparison, compare
 from .demo_models import demo_cases
 from .explain import Explanation, explain
-from .options import POLICIES, Options
+from ..options import POLICIES, Options
 
 PROG = "conv-rewrite"
 ALWAYS = Options(policy="always")

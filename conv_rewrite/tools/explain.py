@@ -15,10 +15,10 @@ from typing import Any
 import torch
 import torch.fx
 
-from ._torch_private import automatic_dynamic_state_kept
-from .options import Options, make_options
-from .report import Report, ReportRow
-from .rewrite import rewrite
+from .._torch_private import automatic_dynamic_state_kept
+from ..options import Options, make_options
+from ..report import Report, ReportRow
+from ..transform import rewrite_graph
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class _Capture:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **_: Any) -> Callable[..., Any]:
         name = f"graph {len(self.explanation.graphs)}"
         copy = _copy(gm)
-        self.explanation.extend(rewrite(copy, self.options, where=name))
+        self.explanation.extend(rewrite_graph(copy, self.options, where=name))
         self.explanation.graphs.append(GraphCode(name, _code(gm), _code(copy)))
         return gm.forward
 

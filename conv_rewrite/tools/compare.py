@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .backend import backend
-from .options import Options
+from ..compile import backend
+from ..options import Options
 
 # Largest |compiled - eager| accepted, relative to max |eager|: float32 reorders sums, 16-bit types round.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 5e-2, torch.float16: 1e-2}
