@@ -1,16 +1,23 @@
-"""Measure: time one conv and its GEMM form on random tensors of the call's static shape, cached on disk as JSON.
+"""Measure: time one conv and its GEMM form at compile time (policy "auto" off CUDA), cached on disk as JSON.
 
-Used only by policy "auto" on devices without a cost model (CPU); the decision itself stays in decide.py.
+Used only by policy "auto" on devices without a cost model (CPU); a cache that cannot be used costs a measurement,
+never a compile.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
+import math
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -18,13 +25,33 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 from .conv_call import ConvCall
 from .replace import FREE, replacement
 
+log = logging.getLogger("conv_rewrite")
+
 _BUDGET_S, _WARMUP, _MIN_RUNS, _MAX_RUNS = 0.5, 2, 5, 20
+_FORMAT = 2  # of the cache file: {"format": _FORMAT, "timings": {key: [GEMM ms, conv ms]}}
 
 
-def cache_file() -> Path:
-    """``$CONV_REWRITE_CACHE_DIR/autotune.json``, or ``~/.cache/conv_rewrite/autotune.json``."""
-    root = os.environ.get("CONV_REWRITE_CACHE_DIR") or Path.home() / ".cache" / "conv_rewrite"
+def cache_file() -> Path | None:
+    """``$CONV_REWRITE_CACHE_DIR/autotune.json``, or ``~/.cache/conv_rewrite/autotune.json``; None without a home."""
+    root = os.environ.get("CONV_REWRITE_CACHE_DIR")
+    if not root:
+        try:
+            root = str(Path.home() / ".cache" / "conv_rewrite")
+        except RuntimeError:
+            return None
     return Path(root) / "autotune.json"
+
+
+@functools.cache
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else platform.processor() or platform.machine())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _weight_shape(call: ConvCall) -> tuple[int, ...]:
@@ -32,10 +59,26 @@ def _weight_shape(call: ConvCall) -> tuple[int, ...]:
     return (first, second, *call.kernel)
 
 
-def _key(call: ConvCall) -> str:
+def _key(call: ConvCall, threads: int) -> str:
+    """Everything the timings depend on: software, machine, and the conv's shapes and arguments."""
     device = call.device or "cpu"
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
-    return json.dumps([name, call.dtype, call.input_shape, _weight_shape(call), call.transposed, call.padding])
+    return json.dumps(
+        {
+            "torch": torch.__version__,
+            "threads": threads,
+            "cpu": _cpu_model(),
+            "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
+            "dtype": call.dtype,
+            "input": call.input_shape,
+            "weight": _weight_shape(call),
+            "transposed": call.transposed,
+            "stride": call.stride,
+            "padding": call.padding,
+            "padding_mode": call.padding_mode,
+            "output_padding": call.output_padding,
+        },
+        sort_keys=True,
+    )
 
 
 def _median_ms(fn: Callable[[], torch.Tensor]) -> float:
@@ -66,19 +109,56 @@ def _benchmark(call: ConvCall) -> tuple[float, float]:
         return _median_ms(lambda: gemm(x, w, b)), _median_ms(conv)
 
 
-def timings(call: ConvCall) -> tuple[float, float]:
-    """(GEMM form ms, conv ms) for ``call`` from the cache, measured and stored on a miss."""
-    path = cache_file()
+def _timing_pair(value: Any) -> tuple[float, float] | None:
+    """A cache entry as (GEMM ms, conv ms), None unless it is two finite non-negative numbers."""
+    if not (isinstance(value, list) and len(value) == 2):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value):
+        return None
+    return float(value[0]), float(value[1])
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """The cached timings by key; empty when the file is missing, unreadable, or not this _FORMAT."""
     try:
         cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    key = _key(call)
-    if key not in cache:
-        cache[key] = list(_benchmark(call))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.debug("autotune cache %s not read (%s): measuring", path, e)
+        return {}
+    if not (isinstance(cache, dict) and cache.get("format") == _FORMAT and isinstance(cache.get("timings"), dict)):
+        log.debug("autotune cache %s is not format %d: measuring, then replacing it", path, _FORMAT)
+        return {}
+    return cache["timings"]
+
+
+def _store(path: Path, timings: dict[str, Any]) -> None:
+    """Write the cache atomically (a temporary file renamed over it); a failure is logged, not raised."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.write_text(json.dumps({"format": _FORMAT, "timings": timings}, indent=1))
         tmp.replace(path)
-    gemm_ms, conv_ms = cache[key]
-    return gemm_ms, conv_ms
+    except OSError as e:
+        log.debug("autotune cache %s not written (%s): the timings are not kept", path, e)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def timings(call: ConvCall) -> tuple[float, float]:
+    """(GEMM form ms, conv ms) for ``call`` from the cache, measured and stored on a miss."""
+    key = _key(call, torch.get_num_threads())
+    path = cache_file()
+    cache = _load(path) if path is not None else {}
+    cached = _timing_pair(cache.get(key))
+    if cached is not None:
+        return cached
+    if key in cache:
+        log.debug("autotune cache entry %s is not two timings: measuring again", key)
+    measured = _benchmark(call)
+    if path is None:
+        log.debug("autotune cache: no home directory and no CONV_REWRITE_CACHE_DIR: the timings are not kept")
+    else:
+        _store(path, {**cache, key: list(measured)})
+    return measured

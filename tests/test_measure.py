@@ -1,0 +1,145 @@
+"""Policy "auto" off CUDA: what is measured, how, and a cache that never fails a compile."""
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.fx
+import torch.nn as nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+import conv_rewrite
+from conv_rewrite import autotune
+from conv_rewrite.conv_call import conv_call
+from conv_rewrite.decide import Decision, decide
+
+AUTO = conv_rewrite.Options(policy="auto")
+
+
+def _call(conv: nn.Module = None, x: torch.Tensor = None, device: str = "cpu"):
+    """The ConvCall of a traced ``conv`` applied to ``x`` (both on ``device``)."""
+    conv = (conv or nn.Conv2d(4, 8, 2, stride=2)).to(device)
+    x = x if x is not None else torch.randn(1, 4, 8, 8)
+    gm = torch.fx.symbolic_trace(nn.Sequential(conv))
+    ShapeProp(gm).propagate(x.to(device))
+    return conv_call(next(n for n in gm.graph.nodes if n.op == "call_module"), gm)
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Stubs the measurement with (1 ms GEMM, 2 ms conv); the list holds every call measured."""
+    calls = []
+    monkeypatch.setattr(autotune, "_benchmark", lambda call: calls.append(call) or (1.0, 2.0))
+    return calls
+
+
+# 1. A cache never fails a compile.
+
+
+@pytest.mark.parametrize("failing", ["mkdir", "write_text"])
+def test_read_only_home_measures_and_logs_that_nothing_was_kept(monkeypatch, tmp_path, caplog, measured, failing):
+    monkeypatch.delenv("CONV_REWRITE_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, failing, read_only)
+    with caplog.at_level(logging.DEBUG, logger="conv_rewrite"):
+        decision = decide(_call(), AUTO)
+    assert decision == Decision(True, "auto: GEMM 1.00 ms vs conv 2.00 ms (cpu, float32)")
+    assert len(measured) == 1 and "not written" in caplog.text and "Read-only" in caplog.text
+
+
+def test_no_home_directory_measures_without_a_cache(monkeypatch, caplog, measured):
+    monkeypatch.delenv("CONV_REWRITE_CACHE_DIR")
+    monkeypatch.setattr(Path, "home", lambda: (_ for _ in ()).throw(RuntimeError("Could not determine home")))
+    with caplog.at_level(logging.DEBUG, logger="conv_rewrite"):
+        assert decide(_call(), AUTO).rewrite and decide(_call(), AUTO).rewrite
+    assert len(measured) == 2 and "no home directory" in caplog.text
+
+
+def test_cache_dir_that_is_a_file_measures_and_leaves_the_file_alone(monkeypatch, tmp_path, caplog, measured):
+    a_file = tmp_path / "not_a_dir"
+    a_file.write_text("mine")
+    monkeypatch.setenv("CONV_REWRITE_CACHE_DIR", str(a_file))
+    with caplog.at_level(logging.DEBUG, logger="conv_rewrite"):
+        assert decide(_call(), AUTO).rewrite
+    assert len(measured) == 1 and a_file.read_text() == "mine" and "not written" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['["a"]', "1", "null", '"text"', "{not json", '{"a": [1.0, 2.0]}', '{"format": 2, "timings": ["a"]}'],
+)
+def test_cache_file_of_another_shape_is_measured_and_replaced(caplog, measured, content):
+    autotune.cache_file().parent.mkdir(parents=True)
+    autotune.cache_file().write_text(content)
+    with caplog.at_level(logging.DEBUG, logger="conv_rewrite"):
+        assert decide(_call(), AUTO).rewrite
+    assert len(measured) == 1 and "autotune cache" in caplog.text
+    assert decide(_call(), AUTO).rewrite and len(measured) == 1  # the replaced file is read back
+
+
+def _spoil_timings(value):
+    """``value`` (parsed JSON) with every pair of numbers replaced by a pair that is not two timings."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value):
+        return ["fast", None]
+    if isinstance(value, dict):
+        return {k: _spoil_timings(v) for k, v in value.items()}
+    return value
+
+
+def test_cache_entries_that_are_not_two_timings_are_measured_again(caplog, measured):
+    decide(_call(), AUTO)
+    spoiled = _spoil_timings(json.loads(autotune.cache_file().read_text()))
+    autotune.cache_file().write_text(json.dumps(spoiled))
+    with caplog.at_level(logging.DEBUG, logger="conv_rewrite"):
+        assert decide(_call(), AUTO).reason == "auto: GEMM 1.00 ms vs conv 2.00 ms (cpu, float32)"
+    assert len(measured) == 2 and "not two timings" in caplog.text
+
+
+# 6. The cache key holds everything the timing depends on; the file says its format.
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda mp, call: mp.setattr(torch, "__version__", "0.0.0") or call,
+        lambda mp, call: mp.setattr(autotune, "_cpu_model", lambda: "another CPU") or call,
+        lambda mp, call: replace(call, dtype="float64"),
+        lambda mp, call: replace(call, input_shape=(2, 4, 8, 8)),
+        lambda mp, call: replace(call, out_channels=16),
+        lambda mp, call: replace(call, transposed=True),
+        lambda mp, call: replace(call, padding=(1, 1)),
+        lambda mp, call: replace(call, padding_mode="reflect"),
+        lambda mp, call: replace(call, output_padding=(1, 1)),
+    ],
+    ids=["torch", "cpu", "dtype", "input", "weight", "transposed", "padding", "padding_mode", "output_padding"],
+)
+def test_a_change_the_timing_depends_on_is_measured_again(monkeypatch, measured, change):
+    call = _call()
+    autotune.timings(call)
+    autotune.timings(call)
+    assert len(measured) == 1
+    autotune.timings(change(monkeypatch, call))
+    assert len(measured) == 2
+
+
+def test_another_thread_count_is_measured_again(measured):
+    call, threads = _call(), torch.get_num_threads()
+    autotune.timings(call)
+    try:
+        torch.set_num_threads(threads + 1)
+        autotune.timings(call)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(measured) == 2
+
+
+def test_cache_file_says_its_format(measured):
+    autotune.timings(_call())
+    assert json.loads(autotune.cache_file().read_text())["format"] == autotune._FORMAT
