@@ -112,3 +112,14 @@ def automatic_dynamic_state_kept() -> Iterator[None]:
         state = pgo.get_code_state()
         state.clear()
         state.update(saved)
+
+
+def inductor_deterministic() -> bool:
+    """Whether Inductor's deterministic mode is on, in which nothing that steers compiled code may be benchmarked.
+
+    ``torch._inductor.config.deterministic`` (TORCHINDUCTOR_DETERMINISTIC): checked on 2.13; getattr-guarded, a
+    torch without it has no such mode.
+    """
+    from torch._inductor import config
+
+    return bool(getattr(config, "deterministic", False))

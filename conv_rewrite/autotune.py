@@ -1,6 +1,6 @@
 """Measure: time one conv and its GEMM form at compile time (policy "auto" off CUDA), cached on disk as JSON.
 
-Used only by policy "auto" on devices without a cost model (CPU); a cache that cannot be used costs a measurement,
+Only real tensors on a device that can be synchronized are timed; a cache that cannot be used costs a measurement,
 never a compile.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+from ._torch_private import inductor_deterministic
 from .conv_call import ConvCall
 from .replace import FREE, replacement
 
@@ -40,6 +41,25 @@ def cache_file() -> Path | None:
         except RuntimeError:
             return None
     return Path(root) / "autotune.json"
+
+
+def _synchronize(device: str | None) -> Callable[[], None] | None:
+    """What waits for ``device`` to finish its work; None for a device that cannot be timed (meta, a fake one)."""
+    kind = device.partition(":")[0] if device else None
+    if kind == "cpu":
+        return lambda: None
+    if kind == "cuda" and torch.cuda.is_available():
+        return torch.cuda.synchronize
+    return None
+
+
+def unmeasurable(call: ConvCall) -> str | None:
+    """Why ``call`` is not measured here, or None when it is."""
+    if inductor_deterministic():
+        return "not measured in Inductor's deterministic mode"
+    if _synchronize(call.device) is None:
+        return f"device {call.device} could not be measured"
+    return None
 
 
 @functools.cache
@@ -81,7 +101,7 @@ def _key(call: ConvCall, threads: int) -> str:
     )
 
 
-def _median_ms(fn: Callable[[], torch.Tensor]) -> float:
+def _median_ms(fn: Callable[[], None]) -> float:
     for _ in range(_WARMUP):
         fn()
     times: list[float] = []
@@ -95,7 +115,8 @@ def _median_ms(fn: Callable[[], torch.Tensor]) -> float:
 
 def _benchmark(call: ConvCall) -> tuple[float, float]:
     """(GEMM form ms, conv ms): forward medians on random tensors of the call's shape, dtype and device."""
-    dtype, device = getattr(torch, call.dtype), torch.device(call.device or "cpu")
+    dtype, device = getattr(torch, call.dtype), torch.device(call.device)
+    sync = _synchronize(call.device)
     with unset_fake_temporarily(), torch.no_grad():
         x = torch.randn(call.input_shape, dtype=dtype, device=device)
         w = torch.randn(_weight_shape(call), dtype=dtype, device=device)
@@ -103,10 +124,18 @@ def _benchmark(call: ConvCall) -> tuple[float, float]:
         padding = [0] * len(call.kernel) if isinstance(call.padding, str) else list(call.padding)
         output_padding = list(call.output_padding) or [0] * len(call.kernel)
         gemm = replacement(call, FREE)
-        conv = lambda: torch.convolution(  # noqa: E731
-            x, w, b, list(call.stride), padding, list(call.dilation), call.transposed, output_padding, call.groups
-        )
-        return _median_ms(lambda: gemm(x, w, b)), _median_ms(conv)
+
+        def gemm_form() -> None:
+            gemm(x, w, b)
+            sync()
+
+        def conv_form() -> None:
+            torch.convolution(
+                x, w, b, list(call.stride), padding, list(call.dilation), call.transposed, output_padding, call.groups
+            )
+            sync()
+
+        return _median_ms(gemm_form), _median_ms(conv_form)
 
 
 def _timing_pair(value: Any) -> tuple[float, float] | None:
@@ -147,7 +176,10 @@ def _store(path: Path, timings: dict[str, Any]) -> None:
 
 
 def timings(call: ConvCall) -> tuple[float, float]:
-    """(GEMM form ms, conv ms) for ``call`` from the cache, measured and stored on a miss."""
+    """(GEMM form ms, conv ms) for ``call`` from the cache, measured and stored on a miss.
+
+    Only for a call ``unmeasurable`` accepts.
+    """
     key = _key(call, torch.get_num_threads())
     path = cache_file()
     cache = _load(path) if path is not None else {}

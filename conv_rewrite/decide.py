@@ -91,6 +91,9 @@ def _auto(call: ConvCall) -> Decision:
         return _cuda_cost_model(call)
     from . import autotune
 
+    problem = autotune.unmeasurable(call)
+    if problem is not None:
+        return Decision(True, f"auto: {problem}, rewritten")
     gemm_ms, conv_ms = autotune.timings(call)
     return Decision(
         gemm_ms < conv_ms, f"auto: GEMM {gemm_ms:.2f} ms vs conv {conv_ms:.2f} ms ({call.device}, {call.dtype})"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.fx
 import torch.nn as nn
+from torch._dynamo.utils import counters
 from torch.fx.passes.shape_prop import ShapeProp
 
 import conv_rewrite
@@ -34,6 +35,15 @@ def measured(monkeypatch):
     calls = []
     monkeypatch.setattr(autotune, "_benchmark", lambda call: calls.append(call) or (1.0, 2.0))
     return calls
+
+
+@pytest.fixture
+def no_benchmarking(monkeypatch):
+    """Fails the test on any timing, ours or Inductor's benchmarker's."""
+    monkeypatch.setattr(autotune, "_benchmark", lambda call: pytest.fail("benchmarked"))
+    counters.clear()
+    yield
+    assert not [k for k in counters["inductor"] if k.startswith("benchmarking.")]
 
 
 # 1. A cache never fails a compile.
@@ -100,6 +110,40 @@ def test_cache_entries_that_are_not_two_timings_are_measured_again(caplog, measu
     with caplog.at_level(logging.DEBUG, logger="conv_rewrite"):
         assert decide(_call(), AUTO).reason == "auto: GEMM 1.00 ms vs conv 2.00 ms (cpu, float32)"
     assert len(measured) == 2 and "not two timings" in caplog.text
+
+
+# 2. Only real tensors on a device that can be synchronized are timed.
+
+
+def test_meta_tensors_are_not_timed(no_benchmarking):
+    row = conv_rewrite.rewrite(_traced_meta(), policy="auto").rows[0]
+    assert row.decision == "rewritten" and row.reason == "auto: device meta could not be measured, rewritten"
+
+
+def _traced_meta() -> torch.fx.GraphModule:
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 64, 14, stride=14).to("meta")))
+    ShapeProp(gm).propagate(torch.randn(2, 3, 224, 224, device="meta"))
+    return gm
+
+
+@pytest.mark.parametrize("device", ["xla:0", "privateuseone:0", "mps"])
+def test_a_device_that_cannot_be_synchronized_is_not_timed(no_benchmarking, device):
+    decision = decide(replace(_call(), device=device), AUTO)
+    assert decision == Decision(True, f"auto: device {device} could not be measured, rewritten")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device can be synchronized")
+def test_a_cuda_device_this_build_cannot_reach_is_not_timed():
+    assert autotune.unmeasurable(replace(_call(), device="cuda:0")) == "device cuda:0 could not be measured"
+
+
+# 3. No benchmarking in Inductor's deterministic mode.
+
+
+def test_deterministic_mode_decides_without_benchmarking(no_benchmarking):
+    with torch._inductor.config.patch(deterministic=True):
+        decision = decide(_call(), AUTO)
+    assert decision == Decision(True, "auto: not measured in Inductor's deterministic mode, rewritten")
 
 
 # 6. The cache key holds everything the timing depends on; the file says its format.
