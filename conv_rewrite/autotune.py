@@ -22,14 +22,17 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from ._torch_private import inductor_deterministic
+from ._torch_private import inductor_cpu_timer, inductor_deterministic
 from .conv_call import ConvCall
 from .replace import FREE, replacement
 
 log = logging.getLogger("conv_rewrite")
 
-_BUDGET_S, _WARMUP, _MIN_RUNS, _MAX_RUNS = 0.5, 2, 5, 20
+_BUDGET_S = 0.3  # about the most one conv's measurement takes (a form slower than that is timed by one call)
+_ROUNDS = 5  # rounds of GEMM form then conv, each timed for its share of the budget; medians over the rounds
 _FORMAT = 2  # of the cache file: {"format": _FORMAT, "timings": {key: [GEMM ms, conv ms]}}
+
+_Timer = Callable[[Callable[[], Any], float], float]  # (fn, ms) -> median ms of fn run for about ms
 
 
 def cache_file() -> Path | None:
@@ -101,20 +104,51 @@ def _key(call: ConvCall, threads: int) -> str:
     )
 
 
-def _median_ms(fn: Callable[[], None]) -> float:
-    for _ in range(_WARMUP):
-        fn()
+def _perf_counter_timer(fn: Callable[[], Any], ms: float) -> float:
+    """Median ms of ``fn`` run for about ``ms`` after one warm-up call: where Inductor has no CPU timer."""
+    fn()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < _MIN_RUNS or (len(times) < _MAX_RUNS and time.perf_counter() - start < _BUDGET_S / 2):
+    while not times or time.perf_counter() - start < ms / 1e3:
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _once_ms(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _interleaved_medians(forms: tuple[Callable[[], Any], Callable[[], Any]], timer: _Timer) -> tuple[float, float]:
+    """Each form's median ms over up to _ROUNDS rounds of A then B, all within about _BUDGET_S.
+
+    Interleaving spreads a busy machine's slow spells (scheduler ticks of ~4 ms) over both forms. A first call of
+    each warms it up and tells whether another round fits the budget (a timer call runs a form at least twice);
+    where none does, those first calls are the timings.
+    """
+    deadline = time.perf_counter() + _BUDGET_S
+    first = (_once_ms(forms[0]), _once_ms(forms[1]))
+    samples: tuple[list[float], list[float]] = ([], [])
+    for done in range(_ROUNDS):
+        left_ms = (deadline - time.perf_counter()) * 1e3
+        if left_ms < 2 * sum(first):
+            break
+        slot_ms = left_ms / (2 * (_ROUNDS - done))
+        for times, fn in zip(samples, forms):
+            times.append(timer(fn, slot_ms))
+    if not samples[0]:
+        return first
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def _benchmark(call: ConvCall) -> tuple[float, float]:
-    """(GEMM form ms, conv ms): forward medians on random tensors of the call's shape, dtype and device."""
+    """(GEMM form ms, conv ms): forward medians on random tensors of the call's shape, dtype and device.
+
+    Runs in the calling thread, with its torch.get_num_threads() (which the cache key holds).
+    """
     dtype, device = getattr(torch, call.dtype), torch.device(call.device)
     sync = _synchronize(call.device)
     with unset_fake_temporarily(), torch.no_grad():
@@ -135,7 +169,7 @@ def _benchmark(call: ConvCall) -> tuple[float, float]:
             )
             sync()
 
-        return _median_ms(gemm_form), _median_ms(conv_form)
+        return _interleaved_medians((gemm_form, conv_form), inductor_cpu_timer() or _perf_counter_timer)
 
 
 def _timing_pair(value: Any) -> tuple[float, float] | None:

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,18 +15,17 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import conv_rewrite
 from conv_rewrite import autotune
-from conv_rewrite.conv_call import conv_call
+from conv_rewrite._torch_private import inductor_cpu_timer
+from conv_rewrite.conv_call import ConvCall, conv_call
 from conv_rewrite.decide import Decision, decide
 
 AUTO = conv_rewrite.Options(policy="auto")
 
 
-def _call(conv: nn.Module = None, x: torch.Tensor = None, device: str = "cpu"):
-    """The ConvCall of a traced ``conv`` applied to ``x`` (both on ``device``)."""
-    conv = (conv or nn.Conv2d(4, 8, 2, stride=2)).to(device)
-    x = x if x is not None else torch.randn(1, 4, 8, 8)
-    gm = torch.fx.symbolic_trace(nn.Sequential(conv))
-    ShapeProp(gm).propagate(x.to(device))
+def _call() -> ConvCall:
+    """The ConvCall of a small patchify Conv2d traced on CPU."""
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(4, 8, 2, stride=2)))
+    ShapeProp(gm).propagate(torch.randn(1, 4, 8, 8))
     return conv_call(next(n for n in gm.graph.nodes if n.op == "call_module"), gm)
 
 
@@ -65,8 +65,11 @@ def test_read_only_home_measures_and_logs_that_nothing_was_kept(monkeypatch, tmp
 
 
 def test_no_home_directory_measures_without_a_cache(monkeypatch, caplog, measured):
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
     monkeypatch.delenv("CONV_REWRITE_CACHE_DIR")
-    monkeypatch.setattr(Path, "home", lambda: (_ for _ in ()).throw(RuntimeError("Could not determine home")))
+    monkeypatch.setattr(Path, "home", no_home)
     with caplog.at_level(logging.DEBUG, logger="conv_rewrite"):
         assert decide(_call(), AUTO).rewrite and decide(_call(), AUTO).rewrite
     assert len(measured) == 2 and "no home directory" in caplog.text
@@ -144,6 +147,93 @@ def test_deterministic_mode_decides_without_benchmarking(no_benchmarking):
     with torch._inductor.config.patch(deterministic=True):
         decision = decide(_call(), AUTO)
     assert decision == Decision(True, "auto: not measured in Inductor's deterministic mode, rewritten")
+
+
+# 4. Inductor's CPU benchmarker, else a perf_counter loop.
+
+
+def test_measurement_uses_inductors_cpu_benchmarker(monkeypatch):
+    monkeypatch.setattr(autotune, "_BUDGET_S", 0.1)
+    counters.clear()
+    gemm_ms, conv_ms = autotune._benchmark(_call())
+    timed = sum(n for k, n in counters["inductor"].items() if k.endswith(".benchmark_cpu"))
+    assert gemm_ms > 0 and conv_ms > 0 and timed >= 2 and timed % 2 == 0
+
+
+class _OtherBenchmarker:
+    def benchmark_cpu(self, fn):
+        return 0.0
+
+
+@pytest.mark.parametrize("benchmarker", [None, _OtherBenchmarker()], ids=["missing", "other signature"])
+def test_measurement_falls_back_to_perf_counter_without_inductors_benchmarker(monkeypatch, benchmarker):
+    from torch._inductor.runtime import benchmarking
+
+    if benchmarker is None:
+        monkeypatch.delattr(benchmarking, "benchmarker")
+    else:
+        monkeypatch.setattr(benchmarking, "benchmarker", benchmarker)
+    monkeypatch.setattr(autotune, "_BUDGET_S", 0.1)
+    assert inductor_cpu_timer() is None
+    gemm_ms, conv_ms = autotune._benchmark(_call())
+    assert gemm_ms > 0 and conv_ms > 0
+
+
+# 5. Robust on a busy CPU: interleaved rounds, medians, a time budget, a clear margin.
+
+
+def test_forms_alternate_in_rounds_within_the_budget():
+    order = []
+
+    def timer(fn, ms):
+        order.append(fn.__name__)
+        time.sleep(ms / 1e3)
+        return 1.0
+
+    def gemm():
+        pass
+
+    def conv():
+        pass
+
+    start = time.perf_counter()
+    autotune._interleaved_medians((gemm, conv), timer)
+    assert order == ["gemm", "conv"] * autotune._ROUNDS
+    assert time.perf_counter() - start < autotune._BUDGET_S + 0.05
+
+
+def test_forms_too_slow_for_a_round_are_timed_by_one_call_each(monkeypatch):
+    monkeypatch.setattr(autotune, "_BUDGET_S", 0.03)
+    calls = []
+    start = time.perf_counter()
+    gemm_ms, conv_ms = autotune._interleaved_medians(
+        (lambda: calls.append(time.sleep(0.01)), lambda: calls.append(time.sleep(0.02))), lambda fn, ms: pytest.fail()
+    )
+    assert len(calls) == 2 and 10 <= gemm_ms < conv_ms and time.perf_counter() - start < 0.05
+
+
+def test_one_slow_round_does_not_move_the_medians():
+    ticks = iter([0.1, 0.3, 4.1, 0.3, 0.1, 4.3, 0.1, 0.3, 0.1, 0.3])  # scheduler ticks hit round 2 and round 3
+    assert autotune._interleaved_medians((lambda: None, lambda: None), lambda fn, ms: next(ticks)) == (0.1, 0.3)
+
+
+@pytest.mark.parametrize("gemm_ms,conv_ms", [(0.95, 1.0), (1.0, 0.95)])
+def test_no_clear_difference_keeps_the_conv(monkeypatch, gemm_ms, conv_ms):
+    monkeypatch.setattr(autotune, "_benchmark", lambda call: (gemm_ms, conv_ms))
+    decision = decide(_call(), AUTO)
+    assert not decision.rewrite and decision.reason.startswith("auto: no clear difference, GEMM")
+
+
+def test_measurement_runs_with_the_calling_threads_thread_count(monkeypatch):
+    seen = []
+    monkeypatch.setattr(autotune, "_benchmark", lambda call: seen.append(torch.get_num_threads()) or (1.0, 2.0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        autotune.timings(_call())
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1]
 
 
 # 6. The cache key holds everything the timing depends on; the file says its format.
