@@ -230,3 +230,34 @@ def aten_op(target: Any) -> tuple[str, bool, bool] | None:
         name = target._qualified_op_name.split("::")[-1]
         return name, name.endswith("_"), False
     return None
+
+def inductor_deterministic() -> bool:
+    """Whether Inductor's deterministic mode is on, in which nothing that steers compiled code may be benchmarked.
+
+    ``torch._inductor.config.deterministic`` (TORCHINDUCTOR_DETERMINISTIC): checked on 2.13; getattr-guarded, a
+    torch without it has no such mode.
+    """
+    from torch._inductor import config
+
+    return bool(getattr(config, "deterministic", False))
+
+
+def inductor_cpu_timer() -> Any:
+    """Inductor's CPU timer as ``(fn, ms) -> median ms`` of ``fn`` run for about ``ms`` after one warm-up call; None
+    where this torch has none.
+
+    ``torch._inductor.runtime.benchmarking.benchmarker.benchmark_cpu(fn, warmup=0, rep=ms)`` (warmup and rep are
+    durations in ms; each runs ``fn`` at least once): checked on 2.13. Looked up with getattr-guards and its
+    signature checked, so a torch that moved or changed it (2.11 is not installed here) gives None and the caller
+    times with its own loop.
+    """
+    import inspect
+
+    try:
+        from torch._inductor.runtime import benchmarking
+    except ImportError:
+        return None
+    benchmark_cpu = getattr(getattr(benchmarking, "benchmarker", None), "benchmark_cpu", None)
+    if benchmark_cpu is None or not {"warmup", "rep"} <= set(inspect.signature(benchmark_cpu).parameters):
+        return None
+    return lambda fn, ms: benchmark_cpu(fn, warmup=0, rep=ms)

@@ -81,8 +81,14 @@ def _cuda_cost_model(call: ConvCall) -> Decision:
     return Decision(True, "auto: cuda cost model (the GEMM form won 50 of 52 H100 cases, bench/RESULTS.md)")
 
 
+_CLEAR = 0.9  # policy "auto" picks a form only when its median is below this fraction of the other's
+
+
 def _auto(call: ConvCall) -> Decision:
-    """Policy "auto": the cost model on CUDA, a cached micro-benchmark elsewhere, rewrite where nothing is known."""
+    """Policy "auto": the cost model on CUDA, a cached micro-benchmark elsewhere, rewrite where nothing is known.
+
+    A measured difference within the noise of a busy machine (no clear win) keeps the conv as it was.
+    """
     if call.device is None:
         return Decision(True, "auto: device unknown, rewritten")
     if call.input_shape is None or not all(isinstance(s, int) for s in call.input_shape):
@@ -91,10 +97,16 @@ def _auto(call: ConvCall) -> Decision:
         return _cuda_cost_model(call)
     from . import autotune
 
+    problem = autotune.unmeasurable(call)
+    if problem is not None:
+        return Decision(True, f"auto: {problem}, rewritten")
     gemm_ms, conv_ms = autotune.timings(call)
-    return Decision(
-        gemm_ms < conv_ms, f"auto: GEMM {gemm_ms:.2f} ms vs conv {conv_ms:.2f} ms ({call.device}, {call.dtype})"
-    )
+    measured = f"GEMM {gemm_ms:.2f} ms vs conv {conv_ms:.2f} ms ({call.device}, {call.dtype})"
+    if gemm_ms < _CLEAR * conv_ms:
+        return Decision(True, f"auto: {measured}")
+    if conv_ms < _CLEAR * gemm_ms:
+        return Decision(False, f"auto: {measured}")
+    return Decision(False, f"auto: no clear difference, {measured}: conv kept")
 
 
 def decide(call: ConvCall, options: Options) -> Decision:
