@@ -261,3 +261,11 @@ def inductor_cpu_timer() -> Any:
     if benchmark_cpu is None or not {"warmup", "rep"} <= set(inspect.signature(benchmark_cpu).parameters):
         return None
     return lambda fn, ms: benchmark_cpu(fn, warmup=0, rep=ms)
+
+
+def real_tensors() -> Any:
+    """A context in which new tensors are real even while a fake mode is active (a compile's, when policy "auto"
+    measures). ``torch._subclasses.fake_tensor.unset_fake_temporarily``: 2.11, 2.13."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()

@@ -95,12 +95,12 @@ def _auto(call: ConvCall) -> Decision:
         return Decision(True, "auto: input shape not static, rewritten")
     if call.device.startswith("cuda"):
         return _cuda_cost_model(call)
-    from . import autotune
+    from . import measure
 
-    problem = autotune.unmeasurable(call)
+    problem = measure.unmeasurable(call)
     if problem is not None:
         return Decision(True, f"auto: {problem}, rewritten")
-    gemm_ms, conv_ms = autotune.timings(call)
+    gemm_ms, conv_ms = measure.timings(call)
     measured = f"GEMM {gemm_ms:.2f} ms vs conv {conv_ms:.2f} ms ({call.device}, {call.dtype})"
     if gemm_ms < _CLEAR * conv_ms:
         return Decision(True, f"auto: {measured}")

@@ -14,7 +14,7 @@ from torch._dynamo.utils import counters
 from torch.fx.passes.shape_prop import ShapeProp
 
 import conv_rewrite
-from conv_rewrite import autotune
+from conv_rewrite import measure as autotune
 from conv_rewrite._torch_private import inductor_cpu_timer
 from conv_rewrite.normalize import ConvCall, conv_call
 from conv_rewrite.decide import Decision, decide
@@ -93,7 +93,7 @@ def test_cache_file_of_another_shape_is_measured_and_replaced(caplog, measured, 
     autotune.cache_file().write_text(content)
     with caplog.at_level(logging.DEBUG, logger="conv_rewrite"):
         assert decide(_call(), AUTO).rewrite
-    assert len(measured) == 1 and "autotune cache" in caplog.text
+    assert len(measured) == 1 and "policy auto cache" in caplog.text
     assert decide(_call(), AUTO).rewrite and len(measured) == 1  # the replaced file is read back
 
 

@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 import conv_rewrite
-from conv_rewrite import autotune
+from conv_rewrite import measure as autotune
 
 
 def _traced(conv, x):

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from ._torch_private import inductor_cpu_timer, inductor_deterministic
+from ._torch_private import inductor_cpu_timer, inductor_deterministic, real_tensors
 from .normalize import ConvCall
 from .replace import FREE, replacement
 
@@ -151,8 +150,11 @@ def _benchmark(call: ConvCall) -> tuple[float, float]:
     """
     dtype, device = getattr(torch, call.dtype), torch.device(call.device)
     sync = _synchronize(call.device)
-    with unset_fake_temporarily(), torch.no_grad():
-        x = torch.randn(call.input_shape, dtype=dtype, device=device)
+    shape = tuple(call.input_shape)
+    if len(shape) == len(call.kernel) + 1:  # unbatched: torch.convolution takes a batch
+        shape = (1, *shape)
+    with real_tensors(), torch.no_grad():
+        x = torch.randn(shape, dtype=dtype, device=device)
         w = torch.randn(_weight_shape(call), dtype=dtype, device=device)
         b = torch.randn(call.out_channels, dtype=dtype, device=device)
         padding = [0] * len(call.kernel) if isinstance(call.padding, str) else list(call.padding)
@@ -188,10 +190,10 @@ def _load(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        log.debug("autotune cache %s not read (%s): measuring", path, e)
+        log.debug("policy auto cache %s not read (%s): measuring", path, e)
         return {}
     if not (isinstance(cache, dict) and cache.get("format") == _FORMAT and isinstance(cache.get("timings"), dict)):
-        log.debug("autotune cache %s is not format %d: measuring, then replacing it", path, _FORMAT)
+        log.debug("policy auto cache %s is not format %d: measuring, then replacing it", path, _FORMAT)
         return {}
     return cache["timings"]
 
@@ -204,7 +206,7 @@ def _store(path: Path, timings: dict[str, Any]) -> None:
         tmp.write_text(json.dumps({"format": _FORMAT, "timings": timings}, indent=1))
         tmp.replace(path)
     except OSError as e:
-        log.debug("autotune cache %s not written (%s): the timings are not kept", path, e)
+        log.debug("policy auto cache %s not written (%s): the timings are not kept", path, e)
         with contextlib.suppress(OSError):
             tmp.unlink()
 
@@ -221,10 +223,10 @@ def timings(call: ConvCall) -> tuple[float, float]:
     if cached is not None:
         return cached
     if key in cache:
-        log.debug("autotune cache entry %s is not two timings: measuring again", key)
+        log.debug("policy auto cache entry %s is not two timings: measuring again", key)
     measured = _benchmark(call)
     if path is None:
-        log.debug("autotune cache: no home directory and no CONV_REWRITE_CACHE_DIR: the timings are not kept")
+        log.debug("policy auto cache: no home directory and no CONV_REWRITE_CACHE_DIR: the timings are not kept")
     else:
         _store(path, {**cache, key: list(measured)})
     return measured
