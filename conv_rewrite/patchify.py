@@ -51,16 +51,24 @@ def patchify_conv(
     kernel = weight.shape[2:]
     batch, channels = x.shape[0], x.shape[1]
     out_sizes = [x.shape[2 + i] // kernel[i] for i in range(n)]
-    split_shape = [batch, channels]
-    for i in range(n):
-        x = x.narrow(2 + i, 0, out_sizes[i] * kernel[i])
-        split_shape += [out_sizes[i], kernel[i]]
-    x = x.view(split_shape)
-    out_dims = [2 + 2 * i for i in range(n)]
-    kernel_dims = [3 + 2 * i for i in range(n)]
+    if all(isinstance(s, int) for s in x.shape):
+        split_shape = [batch, channels]
+        for i in range(n):
+            x = x.narrow(2 + i, 0, out_sizes[i] * kernel[i])
+            split_shape += [out_sizes[i], kernel[i]]
+        x = x.view(split_shape)  # (B, C, o1, k1, .., oN, kN)
+        out_dims = [2 + 2 * i for i in range(n)]
+        kernel_dims = [3 + 2 * i for i in range(n)]
+    else:
+        # unfold computes the windows' sizes and strides by arithmetic alone: with symbolic sizes, narrow + view
+        # would ask whether each size is a multiple of its kernel (a guard, and a graph, per parity)
+        for i in range(n):
+            x = x.unfold(2 + i, kernel[i], kernel[i])  # (B, C, o1, .., oN, k1, .., kN)
+        out_dims = [2 + i for i in range(n)]
+        kernel_dims = [2 + n + i for i in range(n)]
     w = weight.reshape(weight.shape[0], -1)
     length = math.prod(out_sizes)
-    rows = x.permute(0, *out_dims, 1, *kernel_dims).reshape(batch, length, w.shape[1])
+    rows = _merge(x.permute(0, *out_dims, 1, *kernel_dims), (batch, length, w.shape[1]))
     form = contiguous_form(batch, length, w.shape[1], w.shape[0]) if contiguous_output else FREE_VIEW
     if form == LINEAR_VIEW:
         return F.linear(rows.reshape(batch, w.shape[1]), w, bias).view(batch, w.shape[0], *out_sizes)
@@ -97,6 +105,15 @@ def contiguous_form(batch: Any, length: Any, patch: int, out_channels: int) -> s
     if out_channels > patch:
         return WEIGHT_MM if _is_one(batch) else WEIGHT_BMM
     return FREE_CLONE
+
+
+def _merge(t: torch.Tensor, shape: tuple[Any, ...]) -> torch.Tensor:
+    """``t.reshape(shape)`` without a guard: with symbolic sizes, whether reshape could view depends on the sizes
+    (a guard per parity); a copy then a view of the copy decides nothing. The copy is the one reshape makes anyway
+    wherever the permute moved data, which it does for every kernel larger than 1."""
+    if all(isinstance(s, int) for s in (*t.shape, *t.stride())):
+        return t.reshape(shape)
+    return t.clone(memory_format=torch.contiguous_format).view(shape)
 
 
 def _is_one(size: Any) -> bool:
