@@ -275,8 +275,10 @@ def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -
     if seen_by is None:
         return FREE, ""
     if same_strides(stride, free_strides(shape, call.dims)):
-        # the free view is exact, but a graph output that views an intermediate may be restrided in size-1 dims
-        return (CHANNELS_LAST if any(_is_one(s) for s in shape) else FREE), ""
+        # The free view is exact, but it views the GEMM's buffer: where it is seen, a copy of its own hands out the
+        # strides where AOTAutograd would restride size-1 dims or Inductor pad the GEMM's rows.
+        unsafe = any(_is_one(s) for s in shape) or not (isinstance(shape[1], int) and shape[1] % 8 == 0)
+        return (CHANNELS_LAST if unsafe else FREE), ""
     if same_strides(stride, contiguous):
         return CONTIGUOUS, ""
     return None, (

@@ -48,7 +48,18 @@ def patchify_conv(
             padding_mode=padding_mode,
         ).squeeze(0)
     x = _pad(x, padding, padding_mode)
-    kernel = weight.shape[2:]
+    out_sizes = [x.shape[2 + i] // weight.shape[2 + i] for i in range(n)]
+    length = math.prod(out_sizes)
+    patch = math.prod(weight.shape[1:])
+    form = contiguous_form(x.shape[0], length, patch, weight.shape[0]) if contiguous_output else FREE_VIEW
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _PatchGemm.apply(x, weight, bias, form)
+    return _patch_gemm(x, weight, bias, form)
+
+
+def _patch_rows(x: torch.Tensor, kernel: Sequence[Any]) -> torch.Tensor:
+    """The patch matrix (B, L, C*k1*..*kN) of ``x`` (B, C, S1..SN); the trailing S_i % k_i elements are dropped."""
+    n = len(kernel)
     batch, channels = x.shape[0], x.shape[1]
     out_sizes = [x.shape[2 + i] // kernel[i] for i in range(n)]
     if all(isinstance(s, int) for s in x.shape):
@@ -66,24 +77,90 @@ def patchify_conv(
             x = x.unfold(2 + i, kernel[i], kernel[i])  # (B, C, o1, .., oN, k1, .., kN)
         out_dims = [2 + i for i in range(n)]
         kernel_dims = [2 + n + i for i in range(n)]
+    shape = (batch, math.prod(out_sizes), channels * math.prod(kernel))
+    return _merge(x.permute(0, *out_dims, 1, *kernel_dims), shape)
+
+
+def _unpatch_rows(grad_rows: torch.Tensor, x_shape: Sequence[Any], kernel: Sequence[Any]) -> torch.Tensor:
+    """The gradient of ``x`` from that of its patch matrix: ``_patch_rows`` undone, zeros where nothing was read."""
+    n = len(kernel)
+    batch, channels = x_shape[0], x_shape[1]
+    out_sizes = [x_shape[2 + i] // kernel[i] for i in range(n)]
+    g = grad_rows.reshape(batch, *out_sizes, channels, *kernel)
+    interleaved = [d for i in range(n) for d in (1 + i, n + 2 + i)]
+    g = g.permute(0, n + 1, *interleaved).reshape(batch, channels, *(o * k for o, k in zip(out_sizes, kernel)))
+    crop = [p for i in reversed(range(n)) for p in (0, x_shape[2 + i] - out_sizes[i] * kernel[i])]
+    return F.pad(g, crop) if any(not isinstance(c, int) or c for c in crop) else g
+
+
+def _patch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: str) -> torch.Tensor:
+    """The conv of the (padded, batched) ``x`` as one GEMM over its patches, in the given form."""
+    n = weight.dim() - 2
+    batch = x.shape[0]
+    out_sizes = [x.shape[2 + i] // weight.shape[2 + i] for i in range(n)]
+    rows = _patch_rows(x, weight.shape[2:])
     w = weight.reshape(weight.shape[0], -1)
-    length = math.prod(out_sizes)
-    rows = _merge(x.permute(0, *out_dims, 1, *kernel_dims), (batch, length, w.shape[1]))
-    form = contiguous_form(batch, length, w.shape[1], w.shape[0]) if contiguous_output else FREE_VIEW
     if form == LINEAR_VIEW:
         return F.linear(rows.reshape(batch, w.shape[1]), w, bias).view(batch, w.shape[0], *out_sizes)
     if form in (WEIGHT_MM, WEIGHT_BMM):
-        if bias is not None:
+        aligned = _is_multiple_of_8(rows.shape[1])
+        if bias is not None and aligned:
             rows, w = _fold_bias(rows, w, bias)
         if form == WEIGHT_MM:
-            y = torch.mm(w, rows[0].transpose(0, 1))
+            y = torch.mm(w, rows[0].transpose(0, 1)).unsqueeze(0)
         else:
             y = torch.bmm(w.expand(batch, *w.shape), rows.transpose(1, 2))
+        if not aligned:  # a pointwise op writes the output: never a GEMM's buffer, which Inductor may pad
+            y = y + bias.view(-1, 1) if bias is not None else y.clone(memory_format=torch.contiguous_format)
         return y.view(batch, w.shape[0], *out_sizes)
     y = F.linear(rows.reshape(-1, w.shape[1]), w, bias).view(batch, *out_sizes, w.shape[0])
     y = y.permute(0, n + 1, *range(1, n + 1))
     # clone, not contiguous(): canonical strides for size-1 dims too (as the conv has them), and no size guards
     return y.clone(memory_format=torch.contiguous_format) if form == FREE_CLONE else y
+
+
+class _PatchGemm(torch.autograd.Function):
+    """``_patch_gemm`` whose backward keeps ``x`` rather than the patch matrix, and rebuilds the patches when the
+    weight's gradient needs them. The conv keeps its input for its backward too, so training holds no more memory
+    than the conv: autograd would otherwise keep the patch matrix, an input-sized copy (VideoMAE: 3x the conv's)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: str) -> torch.Tensor:
+        return _patch_gemm(x, weight, bias, form)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, weight, _, form = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.form = form
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        batch, out_channels = x.shape[0], weight.shape[0]
+        w = weight.reshape(out_channels, -1)
+        grad_x = grad_w = grad_b = None
+        if ctx.form in (WEIGHT_MM, WEIGHT_BMM):
+            g = grad.reshape(batch, out_channels, -1)  # (B, O, L), as the forward wrote it
+            if need_w:
+                rows = _patch_rows(x, weight.shape[2:])
+                grad_w = torch.mm(g[0], rows[0]) if ctx.form == WEIGHT_MM else torch.bmm(g, rows).sum(0)
+            if need_b:
+                grad_b = g.sum((0, 2))
+            if need_x:
+                grad_x = _unpatch_rows(torch.matmul(w.t(), g).transpose(1, 2), x.shape, weight.shape[2:])
+        else:
+            g = grad.movedim(1, -1).reshape(-1, out_channels)  # (B*L, O); free of copies for the free view
+            if need_w:
+                grad_w = torch.mm(g.t(), _patch_rows(x, weight.shape[2:]).reshape(g.shape[0], -1))
+            if need_b:
+                grad_b = g.sum(0)
+            if need_x:
+                grad_x = _unpatch_rows(torch.mm(g, w).view(batch, -1, w.shape[1]), x.shape, weight.shape[2:])
+        return grad_x, None if grad_w is None else grad_w.view(weight.shape), grad_b, None
 
 
 # The forms of the GEMM. FREE_VIEW is the channels-last view; the others return the contiguous layout.
@@ -95,16 +172,25 @@ FREE_VIEW, FREE_CLONE, LINEAR_VIEW, WEIGHT_MM, WEIGHT_BMM = "free view", "free +
 def contiguous_form(batch: Any, length: Any, patch: int, out_channels: int) -> str:
     """The fastest exact way to produce the contiguous (B, O, o1..oN) output, from sizes known when tracing.
 
-    One output position per sample (L = 1): the (B, O) GEMM result is already that layout. Where the output is larger
-    than the patches (O > K: Wan, HunyuanVideo, Qwen-VL) the GEMM writes it directly as weight @ patches^T (one 2-d
-    GEMM for B = 1, a batched one otherwise); elsewhere (VideoMAE, ViT) the free form plus one copy of the smaller
-    output is faster (bench/NOTES.md). Symbolic sizes count as "not 1": the choice adds no guard.
+    Measured on an H200 for 22 real shapes, forward and training (bench/NOTES.md, "forms"):
+    - one output position per sample (L = 1: Qwen-VL, GLM-4V): the (B, O) GEMM result is already that layout
+      (weight @ patches^T would be B matrix-vector products, 60-170x slower);
+    - output larger than the patches (O > K: Wan, HunyuanVideo, SD3, DiT, CogVideoX): the GEMM writes the output
+      itself as weight @ patches^T, a 2-d GEMM for B = 1, a batched one otherwise;
+    - elsewhere (VideoMAE, ViT, CLIP, V-JEPA, wav2vec2): the free form plus one copy of the smaller output.
+    A GEMM's output is only handed out where its rows are a multiple of 8 elements (Inductor pads GEMM outputs on
+    CUDA, which would leak into the strides): otherwise a pointwise op (the bias, or the copy) writes the layout.
+    Symbolic sizes count as neither 1 nor aligned: the choice adds no guard.
     """
-    if _is_one(length):
+    if _is_one(length) and _is_multiple_of_8(out_channels):
         return LINEAR_VIEW
     if out_channels > patch:
         return WEIGHT_MM if _is_one(batch) else WEIGHT_BMM
     return FREE_CLONE
+
+
+def _is_multiple_of_8(size: Any) -> bool:
+    return isinstance(size, int) and size % 8 == 0
 
 
 def _merge(t: torch.Tensor, shape: tuple[Any, ...]) -> torch.Tensor:

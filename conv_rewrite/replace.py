@@ -38,7 +38,7 @@ def replacement(call: ConvCall, layout: str) -> Any:
     pad = {"padding": padding, "padding_mode": call.padding_mode} if padded else {}
     if layout in (AS_CONV, CHANNELS_LAST):
         fn = patchify_conv_like_conv if layout == AS_CONV else patchify_conv_channels_last
-        return functools.partial(fn, **pad) if pad else fn
+        return functools.partial(fn, **pad)
     return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS, **pad)
 
 

@@ -333,7 +333,8 @@ def test_graph_returning_the_conv_output_keeps_the_conv_strides(form: str, memor
     (row,) = rewrite_and_check(GRAPH_FORMS[form](model, x), (x,), want)  # checks strides == the conv's
     if form != "symbolic_trace":
         free = want.movedim(1, -1).is_contiguous() and not want.is_contiguous()
-        assert row.output_layout == ("free view" if free else "contiguous")
+        # channels-last: the free view's strides in a copy of its own (odd channel counts, size-1 dims)
+        assert row.output_layout in (("free view", "channels-last") if free else ("contiguous",))
 
 
 def _view_batch_channels(y: torch.Tensor) -> torch.Tensor:
