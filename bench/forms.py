@@ -245,6 +245,11 @@ def time_fn(fn, dev, graph: bool, rep_ms: float) -> tuple[float, str]:
     return float(do_bench(fn, warmup=max(5.0, rep_ms / 4), rep=rep_ms, return_mode="median")), "do_bench"
 
 
+def same_nonunit(t: torch.Tensor, want) -> bool:
+    """Strides equal on every dim of size > 1 (size-1 dims' strides are unobservable by most users)."""
+    return all(a == b for a, b, n in zip(t.stride(), want, t.shape) if n != 1)
+
+
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     a = a.float()
     d = a - ref
@@ -320,7 +325,7 @@ def prepare_shape(s: Shape, dev: str, backend: str, budget: Budget, log) -> dict
                 ok_s = tuple(y.stride()) == want and tuple(y.shape) == tuple(r.shape)
                 st["checks"].append(dict(shape=s.name, form=form, mode=mode, err_max=mx, err_norm=nr,
                                          strides=list(y.stride()), want=list(want), values_ok=ok_v,
-                                         strides_ok=ok_s, compile_s=comp))
+                                         strides_ok=ok_s, strides_ok_nonunit=same_nonunit(y, want), compile_s=comp))
                 if not (ok_v and (ok_s or form == "free")):
                     log(f"  CHECK {s.name} {form} {mode}: values_ok={ok_v} (max {mx:.2e} norm {nr:.2e}) "
                         f"strides {tuple(y.stride())} want {want}" + (" [free: expected]" if form == "free" else ""))
@@ -374,6 +379,7 @@ def prepare_train(st: dict, modes, dev: str, budget: Budget, log) -> None:
                 names = (["x"] if mode == "train_wx" else []) + ["w"] + (["b"] if b is not None else [])
                 st["checks"].append(dict(shape=s.name, form=form, mode=mode, out_strides=list(out.stride()),
                                          strides_ok=tuple(out.stride()) == st["tok_strides"],
+                                         strides_ok_nonunit=same_nonunit(out, st["tok_strides"]),
                                          grad_err_norm={n: e[1] for n, e in zip(names, errs)}, values_ok=ok,
                                          compile_s=comp))
                 if not ok:
@@ -517,9 +523,10 @@ def table(results: dict, modes=("fwd_out", "fwd_tokens", "train_w", "train_w_cg"
             if not vals:
                 continue
             cm = mode[:-3] if mode.endswith("_cg") else mode
-            bad = {c["form"] for c in res.get("checks", []) if c["mode"] == cm and not c.get("strides_ok", True)}
+            bad = {c["form"] for c in res.get("checks", []) if c["mode"] == cm and not c.get("strides_ok_nonunit", True)}
+            unit = {c["form"] for c in res.get("checks", []) if c["mode"] == cm and not c.get("strides_ok", True)} - bad
             cells = "".join(
-                (f"{vals[f]:8.1f}" if mode == "mem" else f"{vals[f]:8.3f}") + ("!" if f in bad else " ")
+                (f"{vals[f]:8.1f}" if mode == "mem" else f"{vals[f]:8.3f}") + ("!" if f in bad else "~" if f in unit else " ")
                 if f in vals else f"{'-':>8s} "
                 for f in FORMS
             )
@@ -537,8 +544,9 @@ def table(results: dict, modes=("fwd_out", "fwd_tokens", "train_w", "train_w_cg"
                                                      if res.get('records') else "")
             rows.append(f"{name:18s}{cells}{extra}")
         if rows:
-            unit = "MiB peak over before (one fwd under autograd, output kept)" if mode == "mem" else "ms median"
-            lines.append(f"== {mode} ({unit}); free* = reference, not the conv layout; ! = strides differ from the conv's")
+            unit_s = "MiB peak over before (one fwd under autograd, output kept)" if mode == "mem" else "ms median"
+            lines.append(f"== {mode} ({unit_s}); free* = reference, not the conv layout; ! = strides differ from the "
+                         "conv's, ~ = only a size-1 dim's stride differs")
             lines.append(hdr)
             lines.extend(rows)
     return "\n".join(lines)
@@ -633,8 +641,10 @@ def main(argv=None) -> int:
         for c in r.get("checks", []):
             if not c.get("values_ok", True) or not (c.get("strides_ok", True) or c["form"] == "free"):
                 print(f"{n:18s} {c['form']:13s} {c['mode']:10s} values_ok={c['values_ok']} "
+                      f"nonunit_strides_ok={c.get('strides_ok_nonunit')} "
                       + (f"err={c['err_norm']:.1e} strides={c['strides']} want={c['want']}" if "want" in c
-                         else f"grad_err={c['grad_err_norm']}"))
+                         else f"strides={c['out_strides']} want={r['tok_strides']} grad_err="
+                         + ",".join(f"{k}:{v:.1e}" for k, v in c['grad_err_norm'].items())))
         for e in r.get("errors", []):
             print(f"{n:18s} ERROR {e}")
     missing = [s.name for s in allshapes if s.name not in res]

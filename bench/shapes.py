@@ -39,6 +39,7 @@ class Shape:
 _S5 = "DESIGN.md s5 table 1"
 _S5B = "DESIGN.md s5 second pass"
 _S6 = "DESIGN.md s6"
+_S9 = "DESIGN.md s9 (issue 13)"
 
 GPU_SHAPES: tuple[Shape, ...] = (
     Shape("wan14b_720p", f"{_S5}: Wan 14B 720p 81f patch_embedding", (1, 16, 21, 90, 160), 5120, (1, 2, 2)),
@@ -80,6 +81,10 @@ GPU_SHAPES: tuple[Shape, ...] = (
         (2, 16, 16),
     ),
     Shape("unetr", f"{_S6}: MONAI UNETR Conv3d(1->768,16), 96^3, batch 2", (2, 1, 96, 96, 96), 768, (16, 16, 16)),
+    Shape("glm4v_16k", f"{_S9}: GLM-4V Conv3d(3->1536,(2,14,14)) with bias, 16k patches", (16384, 3, 2, 14, 14), 1536,
+          (2, 14, 14)),
+    Shape("qwen25vl_16k_bias", f"{_S9}: Qwen2.5-VL-shaped conv with a bias, 16k patches", (16384, 3, 2, 14, 14), 1280,
+          (2, 14, 14)),
 )
 
 CPU_SHAPES: tuple[Shape, ...] = (

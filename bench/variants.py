@@ -127,7 +127,12 @@ def op_variants(max_autotune: bool) -> list[Variant]:
         out += _variants(MAX_AUTOTUNE, "_ma", f" {MAX_AUTOTUNE}")
     if has_convert():
         out.append(Variant("convert", "convert_(module), eager", False, _converted))
+        out.append(Variant("convert_compiled", "convert_(module), then torch.compile", True, _converted_compiled))
     return out
+
+
+def _converted_compiled(module: nn.Module) -> Callable[..., Any]:
+    return torch.compile(_converted(module))
 
 
 def model_variants() -> list[Variant]:

@@ -54,8 +54,8 @@ class ConvRewritePass(CustomGraphPass):
             _PRE_GRAD_SEEN[compile_id] = None
             while len(_PRE_GRAD_SEEN) > _PRE_GRAD_SEEN_MAX:
                 _PRE_GRAD_SEEN.popitem(last=False)
-        report = rewrite_graph(graph.owning_module, self.options, where=f"inductor pre-grad graph {next(_graph_ids)}")
-        record(report, "inductor pre-grad")
+        where = f"inductor pre-grad graph {next(_graph_ids)}"
+        record(rewrite_graph(graph.owning_module, self.options, where), where)
 
     def uuid(self) -> str:
         return code_hash(self.options)
@@ -110,7 +110,8 @@ class AtenConvRewritePass(CustomGraphPass):
     def __call__(self, graph: torch.fx.Graph) -> None:
         if private.current_compile_id() in _PRE_GRAD_SEEN:
             return  # the pre-grad pass decided (and reported) every conv of this compile
-        record(self.apply(graph.owning_module, where=f"inductor post-grad graph {next(_graph_ids)}"), "aten pass")
+        where = f"inductor post-grad graph {next(_graph_ids)}"
+        record(self.apply(graph.owning_module, where=where), where)
 
     def apply(self, gm: torch.fx.GraphModule, where: str = "aten pass") -> Report:
         """Run the pattern over ``gm``'s graph (any ATen graph with ``meta['val']``); returns the report."""
@@ -193,7 +194,8 @@ class ConvRewriteBackend:
         return merged
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **compile_kwargs: Any) -> Any:
-        report = rewrite_graph(gm, self.options, where=f"dynamo graph {next(_graph_ids)}")
+        where = f"dynamo graph {next(_graph_ids)}"
+        report = rewrite_graph(gm, self.options, where)
         if self.inner == "inductor":
             compiled = private.inductor_compiler(compile_kwargs.get("mode"), compile_kwargs.get("options"))(
                 gm, example_inputs
@@ -202,7 +204,7 @@ class ConvRewriteBackend:
             compiled = self.inner(gm, example_inputs, **compile_kwargs)
         # after the inner compile: a graph Dynamo restarts is not counted twice
         self._reports.append(report)
-        record(report, "backend")
+        record(report, where)
         return compiled
 
     def __repr__(self) -> str:

@@ -119,6 +119,30 @@ def _patch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y.clone(memory_format=torch.contiguous_format) if form == FREE_CLONE else y
 
 
+@torch.library.custom_op("conv_rewrite::patch_weight_grad", mutates_args=())
+def _patch_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, kernel: list[int], with_bias: bool, tokens_major: bool
+) -> torch.Tensor:
+    """The gradient of the flattened weight (O, K), and of the bias as one more column: ``grad``^T @ patches of
+    ``x`` (with a column of ones). ``grad`` is (B*L, O) when ``tokens_major``, else (B, O, L).
+
+    One opaque op, so that under torch.compile the partitioner keeps ``x`` for the backward, as the conv does: were
+    the patches rebuilt by plain ops, it would compute them in the forward and keep them, an input-sized copy
+    (VideoMAE: 3x the conv's training memory).
+    """
+    rows = _patch_rows(x, kernel)
+    if with_bias:
+        rows = torch.cat([rows, rows.new_ones(()).expand(rows.shape[0], rows.shape[1], 1)], 2)
+    if tokens_major:
+        return torch.mm(grad.t(), rows.reshape(grad.shape[0], -1))
+    return torch.mm(grad[0], rows[0]) if grad.shape[0] == 1 else torch.bmm(grad, rows).sum(0)
+
+
+@_patch_weight_grad.register_fake
+def _(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], with_bias: bool, tokens_major: bool) -> torch.Tensor:
+    return grad.new_empty((grad.shape[1], x.shape[1] * math.prod(kernel) + int(with_bias)))
+
+
 class _PatchGemm(torch.autograd.Function):
     """``_patch_gemm`` whose backward keeps ``x`` rather than the patch matrix, and rebuilds the patches when the
     weight's gradient needs them. The conv keeps its input for its backward too, so training holds no more memory
@@ -141,26 +165,21 @@ class _PatchGemm(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b, _ = ctx.needs_input_grad
         batch, out_channels = x.shape[0], weight.shape[0]
+        kernel = list(weight.shape[2:])
         w = weight.reshape(out_channels, -1)
+        patch = w.shape[1]
+        weight_major = ctx.form in (WEIGHT_MM, WEIGHT_BMM)
+        # (B, O, L) as the weight-major forms wrote it; else (B*L, O), free of copies for the free view
+        g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
         grad_x = grad_w = grad_b = None
-        if ctx.form in (WEIGHT_MM, WEIGHT_BMM):
-            g = grad.reshape(batch, out_channels, -1)  # (B, O, L), as the forward wrote it
-            if need_w:
-                rows = _patch_rows(x, weight.shape[2:])
-                grad_w = torch.mm(g[0], rows[0]) if ctx.form == WEIGHT_MM else torch.bmm(g, rows).sum(0)
-            if need_b:
-                grad_b = g.sum((0, 2))
-            if need_x:
-                grad_x = _unpatch_rows(torch.matmul(w.t(), g).transpose(1, 2), x.shape, weight.shape[2:])
-        else:
-            g = grad.movedim(1, -1).reshape(-1, out_channels)  # (B*L, O); free of copies for the free view
-            if need_w:
-                grad_w = torch.mm(g.t(), _patch_rows(x, weight.shape[2:]).reshape(g.shape[0], -1))
-            if need_b:
-                grad_b = g.sum(0)
-            if need_x:
-                grad_x = _unpatch_rows(torch.mm(g, w).view(batch, -1, w.shape[1]), x.shape, weight.shape[2:])
-        return grad_x, None if grad_w is None else grad_w.view(weight.shape), grad_b, None
+        if need_w or need_b:
+            grad_wb = _patch_weight_grad(g, x, kernel, need_b, not weight_major)
+            grad_w = grad_wb[:, :patch].reshape(weight.shape) if need_w else None
+            grad_b = grad_wb[:, patch] if need_b else None
+        if need_x:
+            rows = torch.matmul(w.t(), g).transpose(1, 2) if weight_major else torch.mm(g, w).view(batch, -1, patch)
+            grad_x = _unpatch_rows(rows, x.shape, kernel)
+        return grad_x, grad_w, grad_b, None
 
 
 # The forms of the GEMM. FREE_VIEW is the channels-last view; the others return the contiguous layout.
