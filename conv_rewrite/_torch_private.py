@@ -74,17 +74,29 @@ def conv_returns_channels_last(
 ) -> bool:
     """Whether a stride == kernel conv of ``x`` returns the channels-last layout (1-d: (B, O, L) with O innermost).
 
-    Eager: ask ATen as FakeTensor does (``torch._C._select_conv_backend``,
-    ``torch._C._conv_determine_backend_memory_format``: same signatures on 2.11 and 2.13; ATen runs a 1-d conv as a
-    2-d one on a contiguous input). While tracing they cannot be called; there the rule of cuDNN and oneDNN holds:
-    channels-last input or weight, channels-last output.
+    ATen decides (``torch._C._select_conv_backend``, ``torch._C._conv_determine_backend_memory_format``: same
+    signatures on 2.11 and 2.13; ATen runs a 1-d conv as a 2-d one). While Dynamo traces, they cannot see the traced
+    tensors: on the CPU with static sizes ATen is asked at trace time on empty tensors of the same sizes, strides and
+    dtype (``torch.compiler.assume_constant_result``; Dynamo's guards on the input's strides keep it valid); elsewhere
+    the rule of cuDNN and oneDNN holds: a channels-last input or weight gives a channels-last output.
     """
     dims = weight.dim() - 2
-    weight_2d = weight.unsqueeze(2) if dims == 1 else weight
     if torch.compiler.is_compiling():
+        static = all(isinstance(s, int) for t in (x, weight) for s in (*t.shape, *t.stride()))
+        if x.device.type == "cpu" and static:
+            return _cpu_conv_layout_at_trace_time(
+                tuple(x.shape), tuple(x.stride()), tuple(weight.shape), tuple(weight.stride()), x.dtype, transposed
+            )
         fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
+        weight_2d = weight.unsqueeze(2) if dims == 1 else weight
         inputs = (weight_2d,) if dims == 1 else (x, weight)
         return any(t.is_contiguous(memory_format=fmt) and not t.is_contiguous() for t in inputs)
+    return _ask_aten(x, weight, bias, transposed)
+
+
+def _ask_aten(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> bool:
+    dims = weight.dim() - 2
+    weight_2d = weight.unsqueeze(2) if dims == 1 else weight
     zeros = [0] * dims
     kernel = list(weight.shape[2:])
     backend = torch._C._select_conv_backend(x, weight, bias, kernel, zeros, [1] * dims, transposed, zeros, 1)
@@ -93,6 +105,24 @@ def conv_returns_channels_last(
         x_2d = x.unsqueeze(-2) if x.is_contiguous() else torch.empty(x.shape[:-1] + (1, x.shape[-1]), device="meta")
     fmt = torch._C._conv_determine_backend_memory_format(x_2d, weight_2d, backend)
     return fmt in (torch.channels_last, torch.channels_last_3d)
+
+
+@torch.compiler.assume_constant_result
+def _cpu_conv_layout_at_trace_time(
+    shape: tuple[int, ...],
+    stride: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    weight_stride: tuple[int, ...],
+    dtype: torch.dtype,
+    transposed: bool,
+) -> bool:
+    """``_ask_aten`` on real, never-written CPU tensors of these sizes (uncommitted memory), outside the fake mode."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        x = torch.empty_strided(shape, stride, dtype=dtype)
+        weight = torch.empty_strided(weight_shape, weight_stride, dtype=dtype)
+        return _ask_aten(x, weight, None, transposed)
 
 
 def inductor_compiler(mode: str | None, options: dict[str, Any] | None) -> Any:
