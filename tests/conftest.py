@@ -15,6 +15,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["CONV_REWRITE_POLICY"] = "always"
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="device of the device-aware tests (tests/test_gpu_lane.py): cpu (default, CI) or cuda (the GPU lane)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA; collected only with --device cuda (the GPU test lane)")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The device given by --device. Asking for CUDA where there is none fails the tests rather than skipping them."""
+    name = request.config.getoption("--device")
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"--device {name}: CUDA is not available here (torch {torch.__version__})")
+    return name
+
+
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():
     torch._dynamo.reset()
