@@ -114,33 +114,31 @@ def _patch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             y = y + bias.view(-1, 1) if bias is not None else y.clone(memory_format=torch.contiguous_format)
         return y.view(batch, w.shape[0], *out_sizes)
     y = F.linear(rows.reshape(-1, w.shape[1]), w, bias).view(batch, *out_sizes, w.shape[0])
+    del rows  # in eager, the patch matrix is freed before the copy below: the peak holds one of them, not both
     y = y.permute(0, n + 1, *range(1, n + 1))
     # clone, not contiguous(): canonical strides for size-1 dims too (as the conv has them), and no size guards
     return y.clone(memory_format=torch.contiguous_format) if form == FREE_CLONE else y
 
 
 @torch.library.custom_op("conv_rewrite::patch_weight_grad", mutates_args=())
-def _patch_weight_grad(
-    grad: torch.Tensor, x: torch.Tensor, kernel: list[int], with_bias: bool, tokens_major: bool
-) -> torch.Tensor:
-    """The gradient of the flattened weight (O, K), and of the bias as one more column: ``grad``^T @ patches of
-    ``x`` (with a column of ones). ``grad`` is (B*L, O) when ``tokens_major``, else (B, O, L).
+def _patch_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool) -> torch.Tensor:
+    """The gradient of the flattened weight (O, K): ``grad``^T @ the patches of ``x``, one GEMM whose reduction runs
+    over every patch (fp32 accumulation, one rounding). ``grad`` is (B*L, O) when ``tokens_major``, else (B, O, L).
 
     One opaque op, so that under torch.compile the partitioner keeps ``x`` for the backward, as the conv does: were
     the patches rebuilt by plain ops, it would compute them in the forward and keep them, an input-sized copy
-    (VideoMAE: 3x the conv's training memory).
+    (VideoMAE: 3x the conv's memory kept for the backward).
     """
     rows = _patch_rows(x, kernel)
-    if with_bias:
-        rows = torch.cat([rows, rows.new_ones(()).expand(rows.shape[0], rows.shape[1], 1)], 2)
+    rows = rows.reshape(-1, rows.shape[2])
     if tokens_major:
-        return torch.mm(grad.t(), rows.reshape(grad.shape[0], -1))
-    return torch.mm(grad[0], rows[0]) if grad.shape[0] == 1 else torch.bmm(grad, rows).sum(0)
+        return torch.mm(grad.t(), rows)
+    return torch.mm(grad.transpose(0, 1).reshape(grad.shape[1], -1), rows)
 
 
 @_patch_weight_grad.register_fake
-def _(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], with_bias: bool, tokens_major: bool) -> torch.Tensor:
-    return grad.new_empty((grad.shape[1], x.shape[1] * math.prod(kernel) + int(with_bias)))
+def _(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool) -> torch.Tensor:
+    return grad.new_empty((grad.shape[1], x.shape[1] * math.prod(kernel)))
 
 
 class _PatchGemm(torch.autograd.Function):
@@ -172,10 +170,10 @@ class _PatchGemm(torch.autograd.Function):
         # (B, O, L) as the weight-major forms wrote it; else (B*L, O), free of copies for the free view
         g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
         grad_x = grad_w = grad_b = None
-        if need_w or need_b:
-            grad_wb = _patch_weight_grad(g, x, kernel, need_b, not weight_major)
-            grad_w = grad_wb[:, :patch].reshape(weight.shape) if need_w else None
-            grad_b = grad_wb[:, patch] if need_b else None
+        if need_w:
+            grad_w = _patch_weight_grad(g, x, kernel, not weight_major).view(weight.shape)
+        if need_b:
+            grad_b = g.sum((0, 2)) if weight_major else g.sum(0)
         if need_x:
             rows = torch.matmul(w.t(), g).transpose(1, 2) if weight_major else torch.mm(g, w).view(batch, -1, patch)
             grad_x = _unpatch_rows(rows, x.shape, kernel)
