@@ -20,9 +20,12 @@ import json
 import os
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
-import torch
+with warnings.catch_warnings():  # torch warns while it imports where NumPy is not installed; nothing here uses NumPy
+    warnings.filterwarnings("ignore", "Failed to initialize NumPy", UserWarning)
+    import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F

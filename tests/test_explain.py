@@ -9,8 +9,8 @@ import torch.nn as nn
 
 import conv_rewrite
 from conv_rewrite import explain
-from conv_rewrite.tools.explain import Explanation
 from conv_rewrite.tools.demo_models import NotPatchify, QwenVLPatchEmbed, VideoDiT
+from conv_rewrite.tools.explain import Explanation
 
 
 class PatchThenPadded(nn.Module):

@@ -1,7 +1,8 @@
 """Compare one model three ways: eager, torch.compile, and torch.compile with the rewrite (numerics and time).
 
-What ``conv-rewrite demo`` and ``conv-rewrite inspect`` print per model. Timings are medians of synchronized
-calls without autograd, after a warm-up call that compiles.
+What ``conv-rewrite demo`` and ``conv-rewrite inspect`` print per model. The three take turns call by call, so a busy
+machine slows them alike; each gets a median and an interquartile range, and a speedup is claimed only where the
+rewrite changed something and the two ranges do not overlap.
 """
 
 from __future__ import annotations
@@ -24,19 +25,54 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 5e-2, tor
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """Times in ms; ``max_abs_err`` of the rewritten compile against eager, and whether it is within tolerance."""
+class Timing:
+    """Wall times of repeated calls in ms: the median and the interquartile range (q1, q3)."""
 
-    eager_ms: float
-    compiled_ms: float
-    rewritten_ms: float
+    median: float
+    q1: float
+    q3: float
+    calls: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Timing:
+        ms = sorted(s * 1e3 for s in seconds)
+        q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else (ms[0], ms[0], ms[0])
+        return cls(statistics.median(ms), q1, q3, len(ms))
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} ({self.q1:.2f}-{self.q3:.2f})"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Timings of the three ways to run; ``rewritten_convs`` by the rewriting compile, whose ``max_abs_err`` against
+    eager is within tolerance when ``numerics_ok``. ``rewritten`` is None where nothing was rewritten (not timed: it
+    is torch.compile's own graph)."""
+
+    eager: Timing
+    compiled: Timing
+    rewritten: Timing | None
+    rewritten_convs: int
     max_abs_err: float
     numerics_ok: bool
 
     @property
-    def speedup(self) -> float:
-        """What the rewrite buys over torch.compile alone."""
-        return self.compiled_ms / self.rewritten_ms
+    def speedup(self) -> float | None:
+        """compiled / rewritten median, where the rewrite changed something and the two ranges do not overlap."""
+        r, c = self.rewritten, self.compiled
+        if r is None or not (r.q3 < c.q1 or r.q1 > c.q3):
+            return None
+        return c.median / r.median
+
+    @property
+    def verdict(self) -> str:
+        """What the rewrite did to torch.compile's time, in words that claim no more than was measured."""
+        if self.rewritten is None:
+            return "no change (no conv rewritten)"
+        speedup = self.speedup
+        if speedup is None:
+            return "no clear difference"
+        return f"{speedup:.2f}x faster" if speedup > 1 else f"{1 / speedup:.2f}x slower"
 
 
 def _outputs(value: Any) -> list[torch.Tensor]:
@@ -61,11 +97,11 @@ def max_abs_error(actual: Any, expected: Any) -> tuple[float, bool]:
     return worst, ok
 
 
-def median_ms(fns: list[Callable[..., Any]], inputs: tuple[Any, ...], repeats: int, warmup: int = 3) -> list[float]:
-    """Median wall time in ms of each of ``fns`` on ``inputs``, synchronizing CUDA around each call.
+def time_calls(fns: list[Callable[..., Any]], inputs: tuple[Any, ...], repeats: int, warmup: int = 3) -> list[Timing]:
+    """Each of ``fns`` called ``repeats`` times on ``inputs``, taking turns, synchronizing CUDA around each call.
 
-    The functions take turns, so drift and bursts of load on a shared machine hit all of them alike; the first
-    calls of a freshly compiled function are slower than the rest, hence the warm-up calls.
+    Taking turns spreads drift and bursts of load on a shared machine over all of them alike; the first calls of a
+    freshly compiled function are slower than the rest, hence the warm-up calls.
     """
     cuda = any(isinstance(x, torch.Tensor) and x.is_cuda for x in inputs)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -73,14 +109,14 @@ def median_ms(fns: list[Callable[..., Any]], inputs: tuple[Any, ...], repeats: i
         for _ in range(warmup):
             fn(*inputs)
     samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
+    for _ in range(max(repeats, 1)):
         for fn, times in zip(fns, samples):
             sync()
             start = time.perf_counter()
             fn(*inputs)
             sync()
             times.append(time.perf_counter() - start)
-    return [statistics.median(times) * 1e3 for times in samples]
+    return [Timing.of(times) for times in samples]
 
 
 def compare(
@@ -93,10 +129,12 @@ def compare(
 ) -> Comparison:
     """Run ``model`` eagerly, compiled by Inductor, and compiled by Inductor after the rewrite; check and time each.
 
-    ``progress(label)`` wraps each compile (the first call of a compiled model), e.g. to show that it is running.
+    ``options`` as for the rewrite (None: the library's defaults). ``progress(label)`` wraps each compile (the
+    first call of a compiled model), e.g. to show that it is running.
     """
     compiled = torch.compile(model)
-    rewritten = torch.compile(model, backend=backend(options=options))
+    rewriting = backend(options=options)
+    rewritten = torch.compile(model, backend=rewriting)
     with torch.no_grad():
         expected = model(*inputs)
         with progress("torch.compile"):
@@ -104,5 +142,14 @@ def compare(
         with progress("torch.compile + conv_rewrite"):
             actual = rewritten(*inputs)
         err, ok = max_abs_error(actual, expected)
-        times = median_ms([model, compiled, rewritten], inputs, repeats)
-    return Comparison(*times, max_abs_err=err, numerics_ok=ok)
+        convs = len(rewriting.report.rewritten)
+        fns = [model, compiled, rewritten] if convs else [model, compiled]
+        times = time_calls(fns, inputs, repeats)
+    return Comparison(
+        eager=times[0],
+        compiled=times[1],
+        rewritten=times[2] if convs else None,
+        rewritten_convs=convs,
+        max_abs_err=err,
+        numerics_ok=ok,
+    )

@@ -118,14 +118,15 @@ class NotPatchify(nn.Module):
 
 @dataclass(frozen=True)
 class DemoCase:
-    """A demo model, how to build it, the shape of its input, and how many of its convs the rewrite must take."""
+    """A demo model, how to build it, the shape of its input, its convs, and how many of them are patchify convs
+    (qualify for the rewrite; the policy decides which of those are rewritten)."""
 
     name: str
     what: str
     build: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
     convs: int
-    rewritten: int
+    patchify: int
 
 
 def demo_cases(device: str = "cpu", quick: bool = False) -> list[DemoCase]:

@@ -83,7 +83,7 @@ class Explanation(Report):
         return f"{super().__str__()}\n{self.summary()} in {len(self.graphs)} graph(s)"
 
     def __repr__(self) -> str:
-        return f"<conv_rewrite.Explanation: {self.summary()} in {len(self.graphs)} graph(s)>"
+        return f"<conv_rewrite.tools.explain.Explanation: {self.summary()} in {len(self.graphs)} graph(s)>"
 
 
 class _Capture:
