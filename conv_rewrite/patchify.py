@@ -6,6 +6,7 @@ Pure torch with no FX in it, so Dynamo, make_fx and torch.export trace it and sy
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,15 +121,9 @@ def _patch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return y.clone(memory_format=torch.contiguous_format) if form == FREE_CLONE else y
 
 
-@torch.library.custom_op("conv_rewrite::patch_weight_grad", mutates_args=())
-def _patch_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool) -> torch.Tensor:
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool) -> torch.Tensor:
     """The gradient of the flattened weight (O, K): ``grad``^T @ the patches of ``x``, one GEMM whose reduction runs
-    over every patch (fp32 accumulation, one rounding). ``grad`` is (B*L, O) when ``tokens_major``, else (B, O, L).
-
-    One opaque op, so that under torch.compile the partitioner keeps ``x`` for the backward, as the conv does: were
-    the patches rebuilt by plain ops, it would compute them in the forward and keep them, an input-sized copy
-    (VideoMAE: 3x the conv's memory kept for the backward).
-    """
+    over every patch (fp32 accumulation, one rounding). ``grad`` is (B*L, O) when ``tokens_major``, else (B, O, L)."""
     rows = _patch_rows(x, kernel)
     rows = rows.reshape(-1, rows.shape[2])
     if tokens_major:
@@ -136,9 +131,23 @@ def _patch_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], t
     return torch.mm(grad.transpose(0, 1).reshape(grad.shape[1], -1), rows)
 
 
+@torch.library.custom_op("conv_rewrite::patch_weight_grad", mutates_args=())
+def _patch_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool) -> torch.Tensor:
+    """``_weight_grad`` as one opaque op, so that under torch.compile the partitioner keeps ``x`` for the backward,
+    as the conv does: were the patches rebuilt by plain ops, it would compute them in the forward and keep them, an
+    input-sized copy (VideoMAE: 3x the conv's memory kept for the backward)."""
+    return _weight_grad(grad, x, kernel, tokens_major)
+
+
 @_patch_weight_grad.register_fake
 def _(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool) -> torch.Tensor:
     return grad.new_empty((grad.shape[1], x.shape[1] * math.prod(kernel)))
+
+
+def _is_dtensor(*tensors: torch.Tensor) -> bool:
+    """DTensor has no sharding rule for our op: its gradient is computed by plain ops (each with one)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
 
 
 class _PatchGemm(torch.autograd.Function):
@@ -171,7 +180,8 @@ class _PatchGemm(torch.autograd.Function):
         g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
         grad_x = grad_w = grad_b = None
         if need_w:
-            grad_w = _patch_weight_grad(g, x, kernel, not weight_major).view(weight.shape)
+            weight_grad = _weight_grad if _is_dtensor(g, x) else _patch_weight_grad
+            grad_w = weight_grad(g, x, kernel, not weight_major).view(weight.shape)
         if need_b:
             grad_b = g.sum((0, 2)) if weight_major else g.sum(0)
         if need_x:

@@ -25,6 +25,9 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA; collected only with --device cuda (the GPU test lane)")
+    config.addinivalue_line(
+        "markers", "slow: starts processes or compiles whole programs (> 20 s); .ci/run runs them, -m 'not slow' skips"
+    )
 
 
 @pytest.fixture(scope="session")
