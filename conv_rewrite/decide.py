@@ -91,10 +91,10 @@ def _auto(call: ConvCall) -> Decision:
     """
     if call.device is None:
         return Decision(True, "auto: device unknown, rewritten")
+    if call.device.startswith("cuda"):  # the cost model needs the weight's shape only (convert_ knows no input)
+        return _cuda_cost_model(call)
     if call.input_shape is None or not all(isinstance(s, int) for s in call.input_shape):
         return Decision(True, "auto: input shape not static, rewritten")
-    if call.device.startswith("cuda"):
-        return _cuda_cost_model(call)
     from . import measure
 
     problem = measure.unmeasurable(call)

@@ -52,7 +52,9 @@ def patchify_conv(
     out_sizes = [x.shape[2 + i] // weight.shape[2 + i] for i in range(n)]
     length = math.prod(out_sizes)
     patch = math.prod(weight.shape[1:])
-    form = contiguous_form(x.shape[0], length, patch, weight.shape[0]) if contiguous_output else FREE_VIEW
+    # A tracer's graph may reach Inductor, which pads GEMM buffers on CUDA; eager tensors meet no such compiler.
+    traced = torch.compiler.is_compiling() or type(x) is not torch.Tensor
+    form = contiguous_form(x.shape[0], length, patch, weight.shape[0], traced) if contiguous_output else FREE_VIEW
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _PatchGemm.apply(x, weight, bias, form)
     return _patch_gemm(x, weight, bias, form)
@@ -103,15 +105,15 @@ def _patch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     w = weight.reshape(weight.shape[0], -1)
     if form == LINEAR_VIEW:
         return F.linear(rows.reshape(batch, w.shape[1]), w, bias).view(batch, w.shape[0], *out_sizes)
-    if form in (WEIGHT_MM, WEIGHT_BMM):
-        aligned = _is_multiple_of_8(rows.shape[1])
-        if bias is not None and aligned:
+    if form in WEIGHT_FORMS:
+        fold = form in (WEIGHT_MM, WEIGHT_BMM)
+        if bias is not None and fold:
             rows, w = _fold_bias(rows, w, bias)
-        if form == WEIGHT_MM:
+        if form in (WEIGHT_MM, WEIGHT_MM_ADD):
             y = torch.mm(w, rows[0].transpose(0, 1)).unsqueeze(0)
         else:
             y = torch.bmm(w.expand(batch, *w.shape), rows.transpose(1, 2))
-        if not aligned:  # a pointwise op writes the output: never a GEMM's buffer, which Inductor may pad
+        if not fold:  # a pointwise op writes the output: never a GEMM's buffer, which Inductor may pad
             y = y + bias.view(-1, 1) if bias is not None else y.clone(memory_format=torch.contiguous_format)
         return y.view(batch, w.shape[0], *out_sizes)
     y = F.linear(rows.reshape(-1, w.shape[1]), w, bias).view(batch, *out_sizes, w.shape[0])
@@ -175,7 +177,7 @@ class _PatchGemm(torch.autograd.Function):
         kernel = list(weight.shape[2:])
         w = weight.reshape(out_channels, -1)
         patch = w.shape[1]
-        weight_major = ctx.form in (WEIGHT_MM, WEIGHT_BMM)
+        weight_major = ctx.form in WEIGHT_FORMS
         # (B, O, L) as the weight-major forms wrote it; else (B*L, O), free of copies for the free view
         g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
         grad_x = grad_w = grad_b = None
@@ -191,28 +193,33 @@ class _PatchGemm(torch.autograd.Function):
 
 
 # The forms of the GEMM. FREE_VIEW is the channels-last view; the others return the contiguous layout.
-FREE_VIEW, FREE_CLONE, LINEAR_VIEW, WEIGHT_MM, WEIGHT_BMM = "free view", "free + copy", "linear", "weight @ rows^T", (
-    "batched weight @ rows^T"
-)
+FREE_VIEW, FREE_CLONE, LINEAR_VIEW = "free view", "free + copy", "linear"
+WEIGHT_MM, WEIGHT_BMM = "weight @ rows^T", "batched weight @ rows^T"  # the bias folded into the GEMM
+WEIGHT_MM_ADD, WEIGHT_BMM_ADD = "weight @ rows^T, + bias", "batched weight @ rows^T, + bias"  # a pointwise op writes
+WEIGHT_FORMS = (WEIGHT_MM, WEIGHT_BMM, WEIGHT_MM_ADD, WEIGHT_BMM_ADD)
 
 
-def contiguous_form(batch: Any, length: Any, patch: int, out_channels: int) -> str:
+def contiguous_form(batch: Any, length: Any, patch: int, out_channels: int, padded_buffers: bool = True) -> str:
     """The fastest exact way to produce the contiguous (B, O, o1..oN) output, from sizes known when tracing.
 
     Measured on an H200 for 22 real shapes, forward and training (bench/NOTES.md, "forms"):
     - one output position per sample (L = 1: Qwen-VL, GLM-4V): the (B, O) GEMM result is already that layout
       (weight @ patches^T would be B matrix-vector products, 60-170x slower);
     - output larger than the patches (O > K: Wan, HunyuanVideo, SD3, DiT, CogVideoX): the GEMM writes the output
-      itself as weight @ patches^T, a 2-d GEMM for B = 1, a batched one otherwise;
+      itself as weight @ patches^T with the bias folded in, a 2-d GEMM for B = 1, a batched one otherwise;
     - elsewhere (VideoMAE, ViT, CLIP, V-JEPA, wav2vec2): the free form plus one copy of the smaller output.
-    A GEMM's output is only handed out where its rows are a multiple of 8 elements (Inductor pads GEMM outputs on
-    CUDA, which would leak into the strides): otherwise a pointwise op (the bias, or the copy) writes the layout.
-    Symbolic sizes count as neither 1 nor aligned: the choice adds no guard.
+    With ``padded_buffers`` (a traced graph, which Inductor may compile: it pads GEMM outputs on CUDA, and the padding
+    would leak into the strides) a GEMM's output is handed out only where its rows are a multiple of 8 elements;
+    otherwise a pointwise op (the bias, or a copy) writes the layout. Symbolic sizes count as neither 1 nor aligned:
+    the choice adds no guard.
     """
-    if _is_one(length) and _is_multiple_of_8(out_channels):
+    if _is_one(length) and (_is_multiple_of_8(out_channels) or not padded_buffers):
         return LINEAR_VIEW
     if out_channels > patch:
-        return WEIGHT_MM if _is_one(batch) else WEIGHT_BMM
+        fold = _is_multiple_of_8(length) or not padded_buffers
+        if _is_one(batch):
+            return WEIGHT_MM if fold else WEIGHT_MM_ADD
+        return WEIGHT_BMM if fold else WEIGHT_BMM_ADD
     return FREE_CLONE
 
 
