@@ -8,6 +8,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import re
+import sys
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -261,6 +264,7 @@ def aten_op(target: Any) -> tuple[str, bool, bool] | None:
         return name, name.endswith("_"), False
     return None
 
+
 def inductor_deterministic() -> bool:
     """Whether Inductor's deterministic mode is on, in which nothing that steers compiled code may be benchmarked.
 
@@ -299,3 +303,72 @@ def real_tensors() -> Any:
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     return unset_fake_temporarily()
+
+
+def module_id_of_stack_key(key: Any) -> int | None:
+    """The ``id()`` of the module an ``nn_module_stack`` entry of a Dynamo graph names; None for other keys.
+
+    Dynamo keys the entry of an inlined module by ``str(id(module))``, ``"@<n>"`` appended for its n-th call in one
+    frame (``torch._dynamo.variables.nn_module.record_nn_module_stack``): checked on 2.13; 2.11 is not installed
+    here, Dynamo's source has used this key since 2.1. torch.export keys its entries by name: None, and the caller
+    checks the module's class as well.
+    """
+    match = re.fullmatch(r"(\d+)(?:@\d+)?", str(key))
+    return int(match.group(1)) if match else None
+
+
+# Modules that wrap a user's model and add nothing to its module paths: (module, class, attribute of the wrapped one).
+_WRAPPERS = (
+    ("torch._dynamo.eval_frame", "OptimizedModule", "_orig_mod"),
+    ("torch.nn.parallel.data_parallel", "DataParallel", "module"),
+    ("torch.nn.parallel.distributed", "DistributedDataParallel", "module"),
+    ("torch.distributed.fsdp.fully_sharded_data_parallel", "FullyShardedDataParallel", "module"),
+)
+
+
+def unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside torch.compile's ``OptimizedModule`` and the DataParallel, DDP and FSDP wrappers.
+
+    ``torch._dynamo.eval_frame.OptimizedModule._orig_mod`` is private (checked on 2.13, there since 2.0); the others'
+    ``.module`` is public. A wrapper class is looked up only where its module is already imported: without it no
+    such wrapper exists.
+    """
+    unwrapped = True
+    while unwrapped:
+        unwrapped = False
+        for module_name, class_name, attribute in _WRAPPERS:
+            wrapper = getattr(sys.modules.get(module_name), class_name, None)
+            if wrapper is not None and isinstance(module, wrapper):
+                module, unwrapped = getattr(module, attribute), True
+    return module
+
+
+def modules_being_called() -> list[torch.nn.Module]:
+    """The nn.Modules whose call is on this thread's Python stack, the outermost first, each once (unwrapped).
+
+    Read from the frames of ``nn.Module._wrapped_call_impl`` and ``_call_impl`` (their ``self``): private methods,
+    checked on 2.13, there since 2.1. Under torch.compile the model the user called is among them, also while Dynamo
+    compiles a frame of one of its submodules after a graph break.
+    """
+    # compared by identity: a code object's hash covers its constants, which Dynamo's generated code may not allow
+    codes = (torch.nn.Module._wrapped_call_impl.__code__, torch.nn.Module._call_impl.__code__)
+    found: list[torch.nn.Module] = []
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if any(frame.f_code is code for code in codes):
+            module = frame.f_locals.get("self")
+            if isinstance(module, torch.nn.Module):
+                module = unwrap_module(module)
+                if all(module is not m for m in found):
+                    found.append(module)
+        frame = frame.f_back
+    found.reverse()
+    return found
+
+
+def is_conv_module(module: Any) -> bool:
+    """Whether ``module`` is an nn.ConvNd or nn.ConvTransposeNd, their Lazy forms and subclasses included.
+
+    ``torch.nn.modules.conv._ConvNd``, the base class of them all: checked on 2.13, there since 1.0.
+    """
+    return isinstance(module, torch.nn.modules.conv._ConvNd)

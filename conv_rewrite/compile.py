@@ -21,7 +21,7 @@ import torch
 import torch.fx
 
 from . import _torch_private as private
-from .normalize import conv_call
+from .normalize import conv_call, module_names
 from .options import Options, make_options
 from .record import record
 from .replace import replace_conv
@@ -54,8 +54,13 @@ class ConvRewritePass(CustomGraphPass):
             _PRE_GRAD_SEEN[compile_id] = None
             while len(_PRE_GRAD_SEEN) > _PRE_GRAD_SEEN_MAX:
                 _PRE_GRAD_SEEN.popitem(last=False)
+        gm = graph.owning_module
+        if gm is None:
+            return
         where = f"inductor pre-grad graph {next(_graph_ids)}"
-        record(rewrite_graph(graph.owning_module, self.options, where), where)
+        with module_names(private.modules_being_called()):
+            report = rewrite_graph(gm, self.options, where=where)
+        record(report, where)
 
     def uuid(self) -> str:
         return code_hash(self.options)
@@ -85,7 +90,9 @@ def _replace(match: Any, **_: Any) -> None:
     gm = _aten_state.get()[0]
     node = match.output_node()
     layout = node.meta.pop("conv_rewrite_layout")
-    replace_conv(gm, node, conv_call(node, gm), layout)
+    call = conv_call(node, gm)
+    assert call is not None, "the extra_check matched a convolution"
+    replace_conv(gm, node, call, layout)
 
 
 def _position(node: torch.fx.Node) -> int:
@@ -108,10 +115,13 @@ class AtenConvRewritePass(CustomGraphPass):
         return code_hash(self.options)
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        if private.current_compile_id() in _PRE_GRAD_SEEN:
+        gm = graph.owning_module
+        if gm is None or private.current_compile_id() in _PRE_GRAD_SEEN:
             return  # the pre-grad pass decided (and reported) every conv of this compile
         where = f"inductor post-grad graph {next(_graph_ids)}"
-        record(self.apply(graph.owning_module, where=where), where)
+        with module_names(private.modules_being_called()):
+            report = self.apply(gm, where=where)
+        record(report, where)
 
     def apply(self, gm: torch.fx.GraphModule, where: str = "aten pass") -> Report:
         """Run the pattern over ``gm``'s graph (any ATen graph with ``meta['val']``); returns the report."""
@@ -195,13 +205,15 @@ class ConvRewriteBackend:
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **compile_kwargs: Any) -> Any:
         where = f"dynamo graph {next(_graph_ids)}"
-        report = rewrite_graph(gm, self.options, where)
-        if self.inner == "inductor":
+        with module_names(private.modules_being_called()):
+            report = rewrite_graph(gm, self.options, where=where)
+        inner = self.inner
+        if isinstance(inner, str):  # "inductor": any other name was looked up in __init__
             compiled = private.inductor_compiler(compile_kwargs.get("mode"), compile_kwargs.get("options"))(
                 gm, example_inputs
             )
         else:
-            compiled = self.inner(gm, example_inputs, **compile_kwargs)
+            compiled = inner(gm, example_inputs, **compile_kwargs)
         # after the inner compile: a graph Dynamo restarts is not counted twice
         self._reports.append(report)
         record(report, where)

@@ -6,9 +6,11 @@ Graphs hold a conv as an nn.ConvNd ``call_module``, a torch/F.convNd call, or an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,7 +19,7 @@ import torch.fx
 import torch.nn as nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
-from ._torch_private import module_hooks
+from ._torch_private import is_conv_module, module_hooks, module_id_of_stack_key, unwrap_module
 
 aten = torch.ops.aten
 
@@ -33,13 +35,29 @@ def _conv_padding_signature(input, weight, bias=None, stride=1, padding="valid",
 
 
 def _conv_transpose_signature(
-    input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1  # noqa: A002
+    input,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,  # noqa: A002
 ):
     """torch.conv_transposeNd / aten.conv_transposeNd."""
 
 
 def _convolution_signature(
-    input, weight, bias, stride, padding, dilation, transposed, output_padding, groups, *backend_flags  # noqa: A002
+    input,
+    weight,
+    bias,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    *backend_flags,  # noqa: A002
 ):
     """torch.convolution / aten.convolution / aten._convolution."""
 
@@ -170,14 +188,84 @@ def _tuple(value: Any, dims: int) -> tuple[int, ...]:
     return (_static(value),) * dims
 
 
+class ModuleNames:
+    """The full path of every module under some root modules, the outermost first, built on first use.
+
+    A module reachable from several roots is named from the outermost one, a module shared within a root by its first
+    path (``named_modules`` order); torch.compile's, DataParallel's, DDP's and FSDP's wrappers add nothing to it.
+    """
+
+    def __init__(self, roots: Sequence[nn.Module]):
+        self.roots = tuple(roots)
+        self._names: dict[int, tuple[str, type]] | None = None
+
+    def _built(self) -> dict[int, tuple[str, type]]:
+        if self._names is None:
+            names: dict[int, tuple[str, type]] = {}
+            for root in reversed(self.roots):  # outer roots last: their names win
+                found: dict[int, tuple[str, type]] = {}
+                todo = [("", root)]
+                while todo:
+                    path, module = todo.pop()
+                    module = unwrap_module(module)
+                    if id(module) in found:
+                        continue
+                    found[id(module)] = (path, type(module))
+                    children = [(f"{path}.{name}" if path else name, child) for name, child in module.named_children()]
+                    todo.extend(reversed(children))
+                names.update(found)
+            self._names = names
+        return self._names
+
+    def of(self, module_id: int | None, cls: Any = None) -> str | None:
+        """The path of the module with this id (and class, when given); None when no root holds it."""
+        entry = self._built().get(module_id) if module_id is not None else None
+        if entry is None or (cls is not None and entry[1] is not cls):
+            return None
+        return entry[0] or None
+
+
+_module_names: contextvars.ContextVar[ModuleNames | None] = contextvars.ContextVar(
+    "conv_rewrite_module_names", default=None
+)
+
+
+@contextlib.contextmanager
+def module_names(roots: Sequence[nn.Module]) -> Iterator[None]:
+    """Within the block, rows name modules by their path under ``roots`` (the user's model), where they are there.
+
+    A graph that Dynamo compiled after a graph break inside a submodule records module paths relative to that
+    submodule; the full path comes from the module itself, found under the model being called.
+    """
+    token = _module_names.set(ModuleNames(roots) if roots else None)
+    try:
+        yield
+    finally:
+        _module_names.reset(token)
+
+
+def _full_name(module: nn.Module) -> str | None:
+    names = _module_names.get()
+    return names.of(id(module), type(module)) if names is not None else None
+
+
 def _module_path(node: torch.fx.Node) -> str | None:
-    """The fqn of the nn.Module a node came from: Dynamo and export record it in ``nn_module_stack``."""
+    """The fqn of the nn.Module a node came from: Dynamo and export record it in ``nn_module_stack``.
+
+    Within ``module_names`` the module is looked up by identity under the model being called (a full path even in a
+    graph compiled after a graph break); otherwise the recorded path is used, relative to the traced frame.
+    """
     if node.op == "call_module":
         return str(node.target)
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return None
-    path = list(stack.values())[-1][0]
+    key, (path, *rest) = list(stack.items())[-1]
+    names = _module_names.get()
+    if names is not None:
+        full = names.of(module_id_of_stack_key(key), rest[0] if rest and isinstance(rest[0], type) else None)
+        if full is not None:
+            return full
     path = re.sub(r"^L\['[^']*'\]\.?", "", str(path))
     path = re.sub(r"(?:^|\.)(?:__dict__\['_modules'\]|_modules)\['([^']*)'\]", r".\1", path)
     return re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path).lstrip(".") or None
@@ -199,7 +287,7 @@ def module_conv_call(module: nn.Module, fqn: str) -> ConvCall | None:
     What the module's call does around the conv (hooks, a forward replaced on the instance) is not recorded here:
     ``convert_`` keeps the call, only a graph's replacement bypasses it (see ``_from_module``).
     """
-    if not isinstance(module, nn.modules.conv._ConvNd):
+    if not is_conv_module(module):
         return None
     dims = len(module.kernel_size)
     padding = module.padding if isinstance(module.padding, str) else _tuple(module.padding, dims)
@@ -242,6 +330,7 @@ def _from_module(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | No
     return replace(
         call,
         node=node.name,
+        module=_full_name(module) or call.module,
         input_shape=tuple(_static(s) for s in info[0]) if info else None,
         dtype=str(info[2]).replace("torch.", "") if info else call.dtype,
         overridden_forward=instance_forward or call.overridden_forward,

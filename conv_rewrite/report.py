@@ -10,8 +10,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .normalize import ConvCall
 from .decide import Decision
+from .normalize import ConvCall
 
 REWRITTEN, SKIPPED = "rewritten", "skipped"
 
@@ -19,7 +19,8 @@ REWRITTEN, SKIPPED = "rewritten", "skipped"
 def _gemm(call: ConvCall) -> tuple[Any, Any, Any] | None:
     """(M, K, N) of the GEMM a rewritten conv becomes; M is None when the input's size is not static.
 
-    K = C * prod(kernel) comes from the weight, so it is known even where the input's shape is not.
+    K = C * prod(kernel) comes from the weight, so it is known even where the input's shape is not (but not for a lazy
+    module before its first call).
     """
     if call.kernel is None:
         return None
@@ -28,12 +29,13 @@ def _gemm(call: ConvCall) -> tuple[Any, Any, Any] | None:
     m = None
     if shape is not None and all(isinstance(s, int) for s in shape):
         batch = shape[0] if len(shape) == len(call.kernel) + 2 else 1
-        spatial = shape[-len(call.kernel):]
+        spatial = shape[-len(call.kernel) :]
         if call.transposed:
             m = batch * math.prod(spatial)
         else:
             m = batch * math.prod((s + 2 * p) // k for s, p, k in zip(spatial, padding, call.kernel))
-    channels = call.in_channels if isinstance(call.in_channels, int) else None
+    # a lazy conv module (nn.LazyConv2d) has in_channels 0 until its first call: K is not known before
+    channels = call.in_channels if isinstance(call.in_channels, int) and call.in_channels > 0 else None
     if call.transposed:
         n = call.out_channels * math.prod(call.kernel) if isinstance(call.out_channels, int) else None
         return (m, channels, n)
@@ -94,7 +96,8 @@ class ReportRow:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReportRow:
         """The row ``to_dict`` (or its JSON) describes."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
 
 def _cell(value: Any) -> str:
@@ -108,10 +111,34 @@ def _cell(value: Any) -> str:
 class Report:
     """The rows of every conv that a rewrite (or several graphs of one compile) saw."""
 
-    columns = ("module", "op", "input_shape", "kernel", "stride", "padding", "dilation", "groups",
-               "decision", "reason", "output_layout", "gemm")
-    headers = ("module / node", "op", "input", "kernel", "stride", "padding", "dilation", "groups",
-               "decision", "reason", "output", "GEMM (M, K, N)")
+    columns = (
+        "module",
+        "op",
+        "input_shape",
+        "kernel",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "decision",
+        "reason",
+        "output_layout",
+        "gemm",
+    )
+    headers = (
+        "module / node",
+        "op",
+        "input",
+        "kernel",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "decision",
+        "reason",
+        "output",
+        "GEMM (M, K, N)",
+    )
 
     def __init__(self, rows: list[ReportRow] | None = None):
         self.rows: list[ReportRow] = list(rows or [])
@@ -147,9 +174,7 @@ class Report:
         return json.dumps(self.to_dicts(), **kwargs)
 
     def table(self, tablefmt: str = "simple") -> str:
-        body = [
-            [row.module or row.node] + [_cell(getattr(row, c)) for c in self.columns[1:]] for row in self.rows
-        ]
+        body = [[row.module or row.node] + [_cell(getattr(row, c)) for c in self.columns[1:]] for row in self.rows]
         return tabulate(body, headers=self.headers, tablefmt=tablefmt)
 
     def __str__(self) -> str:
