@@ -24,9 +24,6 @@ class ZooModel:
 
     ``rewritten_convs``: module paths (as ``named_modules`` names them) of the convs and transposed convs with
     stride == kernel, which the rewrite must rewrite; every other conv module must be left alone.
-    ``frame_root``: where a graph break keeps Dynamo from inlining a submodule's forward, Dynamo compiles that
-    forward as a frame of its own and the report names the convs below it relative to it (``proj`` for
-    ``patch_embed.proj``); "" when the convs are traced from the model's own forward.
     ``output`` picks the tensor to compare out of whatever the model returns.
     """
 
@@ -35,11 +32,6 @@ class ZooModel:
     inputs: dict[str, Any]
     rewritten_convs: tuple[str, ...]
     output: Callable[[Any], torch.Tensor] = field(default=lambda out: out[0])
-    frame_root: str = ""
-
-    def reported(self, path: str) -> str:
-        """``path`` as the report names it under torch.compile (relative to ``frame_root``)."""
-        return path.removeprefix(self.frame_root + ".") if self.frame_root else path
 
     def run(self, model: Callable[..., Any] | None = None) -> torch.Tensor:
         """The output tensor of ``model`` (default: the eager model) on the example inputs."""
@@ -213,7 +205,7 @@ def mochi(size: str = "tiny", *, dtype: torch.dtype = torch.float32, device: str
         "encoder_attention_mask": torch.ones(1, text_len, dtype=torch.bool, device=device),
         "return_dict": False,
     }
-    return _finish(ZooModel("mochi", model, inputs, ("patch_embed.proj",), frame_root="patch_embed"), dtype, device)
+    return _finish(ZooModel("mochi", model, inputs, ("patch_embed.proj",)), dtype, device)
 
 
 def ace_step(size: str = "tiny", *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ZooModel:
@@ -294,7 +286,7 @@ def qwen2_5_vl_vision(size: str = "tiny", *, dtype: torch.dtype = torch.float32,
     config._attn_implementation = "sdpa"
     model = Qwen2_5_VisionTransformerPretrainedModel._from_config(config)
     inputs = _grid_patches((1, 8, 8) if tiny else (1, 128, 128), 14, 2, dtype, device)
-    zoo = ZooModel("qwen2_5_vl_vision", model, inputs, ("patch_embed.proj",), output=_first, frame_root="patch_embed")
+    zoo = ZooModel("qwen2_5_vl_vision", model, inputs, ("patch_embed.proj",), output=_first)
     return _finish(zoo, dtype, device)
 
 
@@ -325,7 +317,7 @@ def qwen3_vl_vision(size: str = "tiny", *, dtype: torch.dtype = torch.float32, d
     config._attn_implementation = "sdpa"
     model = Qwen3VLVisionModel._from_config(config)
     inputs = _grid_patches((1, 8, 8) if tiny else (1, 128, 128), 16, 2, dtype, device)
-    zoo = ZooModel("qwen3_vl_vision", model, inputs, ("patch_embed.proj",), output=_first, frame_root="patch_embed")
+    zoo = ZooModel("qwen3_vl_vision", model, inputs, ("patch_embed.proj",), output=_first)
     return _finish(zoo, dtype, device)
 
 

@@ -110,7 +110,14 @@ def _ask_aten(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     return fmt in (torch.channels_last, torch.channels_last_3d)
 
 
-@torch.compiler.assume_constant_result
+def _constant_for_dynamo(fn: Any) -> Any:
+    """``torch.compiler.assume_constant_result`` without importing Dynamo: the decorator only sets
+    ``fn._dynamo_marked_constant`` (``torch._dynamo.decorators``, same on 2.11 and 2.13)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_for_dynamo
 def _cpu_conv_layout_at_trace_time(
     shape: tuple[int, ...],
     stride: tuple[int, ...],

@@ -346,12 +346,6 @@ def _graphs_over_parities(inner) -> int:
     return graphs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="patchify.py patchify_conv: x.view(split_shape) (line 58) on the x.narrow(...) result asks whether it is "
-    "contiguous (torch._prims_common.check_contiguous_sizes_strides) and guards on the parities: "
-    "Eq(W, 2*(W//2)) and Eq(H*W, 4*(H//2)*(W//2)); 4 graphs where plain torch.compile has 2",
-)
 def test_dynamic_sizes_of_both_parities_compile_no_more_graphs_than_plain_torch_compile():
     plain = _graphs_over_parities(lambda gm, example_inputs, **kwargs: gm.forward)
     assert _graphs_over_parities(conv_rewrite.backend(inner="eager")) <= plain

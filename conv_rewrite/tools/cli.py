@@ -97,7 +97,7 @@ def load_commands() -> ModuleType:
     """The module that runs the commands; importing it imports torch.
 
     torch 2.13 warns "Failed to initialize NumPy: No module named 'numpy'" while it imports itself where NumPy is not
-    installed (``torch.device("cpu")`` in a class body of ``torch._subclasses.functional_tensor`` asks the argument
+    installed (``torch.device("cpu")`` in a class body of its functional-tensor module asks the argument
     parser whether NumPy is there), which ``import torch`` alone shows. Torch does not depend on NumPy, and neither
     does this command, so that one warning, and no other, is ignored while torch is imported.
     """

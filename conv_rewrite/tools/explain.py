@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.fx
 
-from .._torch_private import automatic_dynamic_state_kept
+from .._torch_private import automatic_dynamic_state_kept, modules_being_called
+from ..normalize import module_names
 from ..options import Options, make_options
 from ..report import Report, ReportRow
 from ..transform import rewrite_graph
@@ -96,7 +97,8 @@ class _Capture:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **_: Any) -> Callable[..., Any]:
         name = f"graph {len(self.explanation.graphs)}"
         copy = _copy(gm)
-        self.explanation.extend(rewrite_graph(copy, self.options, where=name))
+        with module_names(modules_being_called()):
+            self.explanation.extend(rewrite_graph(copy, self.options, where=name))
         self.explanation.graphs.append(GraphCode(name, _code(gm), _code(copy)))
         return gm.forward
 
