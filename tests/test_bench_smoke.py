@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bench_cpu_quick_tiny_shape_runs_and_checks_every_column(tmp_path):
     done = subprocess.run(
         [

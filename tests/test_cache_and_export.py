@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from models import MixedConvs, mixed_inputs
 
@@ -34,6 +35,7 @@ def _compile_in_fresh_process(cache_dir):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_second_identical_compile_in_a_fresh_process_hits_the_cache(tmp_path):
     first = _compile_in_fresh_process(tmp_path)
     second = _compile_in_fresh_process(tmp_path)
@@ -87,6 +89,7 @@ def test_aten_pattern_pass_on_an_exported_graph():
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_aoti_compile_and_package_loads_and_matches(tmp_path, no_inductor_cache):
     model = torch.nn.Sequential(
         torch.nn.Conv3d(4, 8, (1, 2, 2), stride=(1, 2, 2)), torch.nn.Flatten(2), torch.nn.GELU()

@@ -20,7 +20,10 @@ import torch
 import torch.distributed as dist
 from dist_job import CONV_OPS, build_model, build_patch_tokens, dtensor_input, global_batch, loss_fn
 
-pytestmark = pytest.mark.skipif(not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
+    pytest.mark.slow,
+]
 
 WORLD = 2
 JOB_TIMEOUT_S = 420
