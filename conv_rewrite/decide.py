@@ -48,6 +48,10 @@ def qualifies(call: ConvCall) -> Decision:
         return Decision(False, f"{call.op} has {', '.join(call.hooks)} hooks")
     if call.kernel is None:
         return Decision(False, "kernel unknown: the graph records no static shape for the weight")
+    for name in ("stride", "padding", "dilation", "output_padding"):
+        value = getattr(call, name)
+        if not isinstance(value, str) and not all(isinstance(v, int) for v in value):
+            return Decision(False, f"{name} {tuple(value)} is computed at run time")
     if call.groups != 1:
         return Decision(False, f"groups {call.groups}")
     if any(d != 1 and k > 1 for d, k in zip(call.dilation, call.kernel)):

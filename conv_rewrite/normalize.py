@@ -174,7 +174,10 @@ def _device(node: Any) -> str | None:
 
 
 def _static(size: Any) -> Any:
-    """An int for a concrete size, the symbol's text for a symbolic one."""
+    """An int for a concrete size, the symbol's text for a symbolic one (a graph node computing it included)."""
+    if isinstance(size, torch.fx.Node):
+        value = recorded_value(size)
+        return _static(value) if isinstance(value, (int, torch.SymInt)) else size.name
     if isinstance(size, torch.SymInt):
         return int(size) if is_concrete_int(size) else str(size)
     return int(size)
