@@ -18,7 +18,13 @@ def main() -> None:
         print(name, "compiled", flush=True)
         loaded = torch._inductor.aoti_load_package(path)
         out = loaded(x)
-        print(name, "loaded and ran: max err", (out.float() - conv(x).float()).abs().max().item(), out.stride(), flush=True)
+        print(
+            name,
+            "loaded and ran: max err",
+            (out.float() - conv(x).float()).abs().max().item(),
+            out.stride(),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

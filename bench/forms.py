@@ -4,7 +4,8 @@ Each form computes ``conv(x, w, b)`` for a stride == kernel, padding 0 conv as r
 ``free`` hand out the conv's contiguous layout (B, O, o1..oN).  Modes: fwd_out (graph output is the conv-shaped
 tensor), fwd_tokens (graph output is ``y.flatten(2).transpose(1, 2)``), train_w / train_wx (compiled function returns
 the tokens view, incoming gradient is a contiguous (B, L, O) tensor, ``torch.autograd.grad`` of (w, b) resp. (x, w, b);
-``do_bench`` medians, plus CUDA-graph medians for cheap steps), mem (peak and kept memory of one forward under autograd).
+``do_bench`` medians, plus CUDA-graph medians for cheap steps), mem (peak and kept memory of one forward under
+autograd).
 
 Compiles run in parallel worker processes (one CPU each); timing is serialized across workers by a lock after all
 compiles are done, so the GPU and the CPU are quiet while timing.
@@ -85,7 +86,7 @@ class Geom:
     S: tuple
     k: tuple
     o: tuple
-    O: int
+    O: int  # noqa: E741 (B, C, O, K: the notation of the results and of their JSON)
     N: int
     L: int
     K: int
@@ -99,7 +100,17 @@ def geom_of(s: Shape) -> Geom:
     o = tuple(si // ki for si, ki in zip(S, s.kernel))
     K = C * math.prod(s.kernel)
     return Geom(
-        B, C, tuple(S), tuple(s.kernel), o, s.out_channels, len(S), math.prod(o), K, -(-(K + 1) // 8) * 8, s.bias,
+        B,
+        C,
+        tuple(S),
+        tuple(s.kernel),
+        o,
+        s.out_channels,
+        len(S),
+        math.prod(o),
+        K,
+        -(-(K + 1) // 8) * 8,
+        s.bias,
         any(si != oi * ki for si, oi, ki in zip(S, o, s.kernel)),
     )
 
@@ -150,8 +161,9 @@ def f_wT_fold(x, w, b, g):
 
 def f_wT_baddbmm(x, w, b, g):
     rows = _rows(x, g)
-    y = torch.baddbmm(b.view(1, g.O, 1).expand(g.B, g.O, g.L), w.reshape(g.O, g.K).expand(g.B, g.O, g.K),
-                      rows.transpose(1, 2))
+    y = torch.baddbmm(
+        b.view(1, g.O, 1).expand(g.B, g.O, g.L), w.reshape(g.O, g.K).expand(g.B, g.O, g.K), rows.transpose(1, 2)
+    )
     return y.view(g.B, g.O, *g.o)
 
 
@@ -212,8 +224,9 @@ def make_fn(form: str, g: Geom, tokens: bool, backend: str):
     if form == "conv_cudnn":
         return fn
     if form.endswith("_np") and backend == "inductor":
-        return torch.compile(fn, dynamic=False, backend=backend,
-                             options={"shape_padding": False, "comprehensive_padding": False})
+        return torch.compile(
+            fn, dynamic=False, backend=backend, options={"shape_padding": False, "comprehensive_padding": False}
+        )
     return torch.compile(fn, dynamic=False, backend=backend)
 
 
@@ -323,12 +336,26 @@ def prepare_shape(s: Shape, dev: str, backend: str, budget: Budget, log) -> dict
                 want = tok_strides if tokens else conv_strides
                 ok_v = nr < 1e-2 and mx < 2e-2
                 ok_s = tuple(y.stride()) == want and tuple(y.shape) == tuple(r.shape)
-                st["checks"].append(dict(shape=s.name, form=form, mode=mode, err_max=mx, err_norm=nr,
-                                         strides=list(y.stride()), want=list(want), values_ok=ok_v,
-                                         strides_ok=ok_s, strides_ok_nonunit=same_nonunit(y, want), compile_s=comp))
+                st["checks"].append(
+                    dict(
+                        shape=s.name,
+                        form=form,
+                        mode=mode,
+                        err_max=mx,
+                        err_norm=nr,
+                        strides=list(y.stride()),
+                        want=list(want),
+                        values_ok=ok_v,
+                        strides_ok=ok_s,
+                        strides_ok_nonunit=same_nonunit(y, want),
+                        compile_s=comp,
+                    )
+                )
                 if not (ok_v and (ok_s or form == "free")):
-                    log(f"  CHECK {s.name} {form} {mode}: values_ok={ok_v} (max {mx:.2e} norm {nr:.2e}) "
-                        f"strides {tuple(y.stride())} want {want}" + (" [free: expected]" if form == "free" else ""))
+                    log(
+                        f"  CHECK {s.name} {form} {mode}: values_ok={ok_v} (max {mx:.2e} norm {nr:.2e}) "
+                        f"strides {tuple(y.stride())} want {want}" + (" [free: expected]" if form == "free" else "")
+                    )
                 del y
                 st["fns"][(form, mode)] = fn
             except Exception as e:  # noqa: BLE001
@@ -357,8 +384,10 @@ def prepare_train(st: dict, modes, dev: str, budget: Budget, log) -> None:
                 st["errors"].append(f"{form}/{mode}: skipped (compile deadline)")
                 continue
             if form == "wT_baddbmm" and g.B * g.O * g.K * 2 > 4 * 2**30:
-                st["errors"].append(f"{form}/{mode}: skipped: backward materializes the expanded weight's grad "
-                                    f"(B*O*K*2 = {g.B * g.O * g.K * 2 / 2**30:.0f} GiB)")
+                st["errors"].append(
+                    f"{form}/{mode}: skipped: backward materializes the expanded weight's grad "
+                    f"(B*O*K*2 = {g.B * g.O * g.K * 2 / 2**30:.0f} GiB)"
+                )
                 continue
             try:
                 fn = make_fn(form, g, True, backend)
@@ -377,11 +406,19 @@ def prepare_train(st: dict, modes, dev: str, budget: Budget, log) -> None:
                 errs = [rel_err(gg, rr) for gg, rr in zip(grads, refs)]
                 ok = all(nr < 2e-2 for _, nr in errs)
                 names = (["x"] if mode == "train_wx" else []) + ["w"] + (["b"] if b is not None else [])
-                st["checks"].append(dict(shape=s.name, form=form, mode=mode, out_strides=list(out.stride()),
-                                         strides_ok=tuple(out.stride()) == st["tok_strides"],
-                                         strides_ok_nonunit=same_nonunit(out, st["tok_strides"]),
-                                         grad_err_norm={n: e[1] for n, e in zip(names, errs)}, values_ok=ok,
-                                         compile_s=comp))
+                st["checks"].append(
+                    dict(
+                        shape=s.name,
+                        form=form,
+                        mode=mode,
+                        out_strides=list(out.stride()),
+                        strides_ok=tuple(out.stride()) == st["tok_strides"],
+                        strides_ok_nonunit=same_nonunit(out, st["tok_strides"]),
+                        grad_err_norm={n: e[1] for n, e in zip(names, errs)},
+                        values_ok=ok,
+                        compile_s=comp,
+                    )
+                )
                 if not ok:
                     log(f"  CHECK {s.name} {form} {mode}: grads off {dict(zip(names, [e[1] for e in errs]))}")
                 del out, grads
@@ -396,8 +433,16 @@ def prepare_train(st: dict, modes, dev: str, budget: Budget, log) -> None:
                     peak = torch.cuda.max_memory_allocated() - before
                     kept = torch.cuda.memory_allocated() - before
                     del out
-                    st["records"].append(dict(shape=s.name, form=form, mode="mem", peak_mib=peak / 2**20,
-                                              kept_mib=kept / 2**20, out_mib=g.B * g.L * g.O * 2 / 2**20))
+                    st["records"].append(
+                        dict(
+                            shape=s.name,
+                            form=form,
+                            mode="mem",
+                            peak_mib=peak / 2**20,
+                            kept_mib=kept / 2**20,
+                            out_mib=g.B * g.L * g.O * 2 / 2**20,
+                        )
+                    )
             except Exception as e:  # noqa: BLE001
                 st["errors"].append(f"{form}/{mode}: {type(e).__name__}: {str(e)[:300]}")
                 log(f"  ERROR {s.name} {form} {mode}: {type(e).__name__}: {str(e)[:300]}")
@@ -420,7 +465,7 @@ def time_shape(st: dict, dev: str, budget: Budget, log, fwd_rep: float, train_re
                 continue
             try:
                 with torch.no_grad():
-                    ms, how = time_fn(lambda: fn(x, w, b), dev, True, fwd_rep)
+                    ms, how = time_fn(lambda fn=fn: fn(x, w, b), dev, True, fwd_rep)
                 st["records"].append(dict(shape=s.name, form=form, mode=mode, ms=ms, how=how))
             except Exception as e:  # noqa: BLE001
                 st["errors"].append(f"{form}/{mode} timing: {type(e).__name__}: {str(e)[:200]}")
@@ -435,7 +480,7 @@ def time_shape(st: dict, dev: str, budget: Budget, log, fwd_rep: float, train_re
                 continue
             fn, xg, wg, bg, params = ent
 
-            def step():
+            def step(fn=fn, xg=xg, wg=wg, bg=bg, params=params):  # bound now: the loop rebinds them
                 out = fn(xg, wg, bg)
                 return torch.autograd.grad(out, params, grad)
 
@@ -498,9 +543,17 @@ def worker(idx, shapes, dev, backend, t0, total, lock, barrier, q, fwd_rep, trai
             except Exception as e:  # noqa: BLE001
                 st["errors"].append(f"timing: {type(e).__name__}: {str(e)[:300]}")
             log(f"timed {st['shape'].name} in {time.time() - ts:.1f}s")
-        q.put(dict(shape=st["shape"].name, geom=asdict(st["g"]), conv_strides=list(st["conv_strides"]),
-                   tok_strides=list(st["tok_strides"]), records=st["records"], checks=st["checks"],
-                   errors=st["errors"]))
+        q.put(
+            dict(
+                shape=st["shape"].name,
+                geom=asdict(st["g"]),
+                conv_strides=list(st["conv_strides"]),
+                tok_strides=list(st["tok_strides"]),
+                records=st["records"],
+                checks=st["checks"],
+                errors=st["errors"],
+            )
+        )
         st["fns"].clear()
         st.clear()
         gc.collect()
@@ -523,11 +576,15 @@ def table(results: dict, modes=("fwd_out", "fwd_tokens", "train_w", "train_w_cg"
             if not vals:
                 continue
             cm = mode[:-3] if mode.endswith("_cg") else mode
-            bad = {c["form"] for c in res.get("checks", []) if c["mode"] == cm and not c.get("strides_ok_nonunit", True)}
+            bad = {
+                c["form"] for c in res.get("checks", []) if c["mode"] == cm and not c.get("strides_ok_nonunit", True)
+            }
             unit = {c["form"] for c in res.get("checks", []) if c["mode"] == cm and not c.get("strides_ok", True)} - bad
             cells = "".join(
-                (f"{vals[f]:8.1f}" if mode == "mem" else f"{vals[f]:8.3f}") + ("!" if f in bad else "~" if f in unit else " ")
-                if f in vals else f"{'-':>8s} "
+                (f"{vals[f]:8.1f}" if mode == "mem" else f"{vals[f]:8.3f}")
+                + ("!" if f in bad else "~" if f in unit else " ")
+                if f in vals
+                else f"{'-':>8s} "
                 for f in FORMS
             )
             cand = {f: v for f, v in vals.items() if f not in ("conv_cudnn", "conv_inductor", "free") and f not in bad}
@@ -535,18 +592,24 @@ def table(results: dict, modes=("fwd_out", "fwd_tokens", "train_w", "train_w_cg"
             extra = ""
             if best and mode != "mem":
                 bv = cand[best]
-                ref_conv = min(v for f, v in vals.items() if f in ("conv_cudnn", "conv_inductor")) if any(
-                    f in vals for f in ("conv_cudnn", "conv_inductor")) else float("nan")
+                ref_conv = (
+                    min(v for f, v in vals.items() if f in ("conv_cudnn", "conv_inductor"))
+                    if any(f in vals for f in ("conv_cudnn", "conv_inductor"))
+                    else float("nan")
+                )
                 fr = vals.get("free", float("nan"))
                 extra = f"  best={SHORT[best]} conv/best={ref_conv / bv:5.2f}x best/free={bv / fr:5.2f}"
             elif best:
-                extra = f"  min={SHORT[best]}" + (f" out={res['records'][0].get('out_mib', 0):.0f}"
-                                                     if res.get('records') else "")
+                extra = f"  min={SHORT[best]}" + (
+                    f" out={res['records'][0].get('out_mib', 0):.0f}" if res.get("records") else ""
+                )
             rows.append(f"{name:18s}{cells}{extra}")
         if rows:
             unit_s = "MiB peak over before (one fwd under autograd, output kept)" if mode == "mem" else "ms median"
-            lines.append(f"== {mode} ({unit_s}); free* = reference, not the conv layout; ! = strides differ from the "
-                         "conv's, ~ = only a size-1 dim's stride differs")
+            lines.append(
+                f"== {mode} ({unit_s}); free* = reference, not the conv layout; ! = strides differ from the "
+                "conv's, ~ = only a size-1 dim's stride differs"
+            )
             lines.append(hdr)
             lines.extend(rows)
     return "\n".join(lines)
@@ -585,8 +648,12 @@ def main(argv=None) -> int:
     if dev == "cuda":
         import triton
 
-        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), gpu=torch.cuda.get_device_name(),
-                    triton=triton.__version__)
+        info.update(
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            gpu=torch.cuda.get_device_name(),
+            triton=triton.__version__,
+        )
     print("INFO", json.dumps(info), flush=True)
     nw = a.workers or max(1, min(len(allshapes), (os.cpu_count() or 2) - 4, 12))
     nw = min(nw, len(allshapes))
@@ -597,8 +664,11 @@ def main(argv=None) -> int:
     ctx = mp.get_context("spawn")
     lock, barrier, q = ctx.Lock(), ctx.Barrier(nw), ctx.Queue()
     procs = [
-        ctx.Process(target=worker, args=(i, groups[i], dev, a.backend, t0, a.budget, lock, barrier, q, a.fwd_rep,
-                                         a.train_rep), daemon=True)
+        ctx.Process(
+            target=worker,
+            args=(i, groups[i], dev, a.backend, t0, a.budget, lock, barrier, q, a.fwd_rep, a.train_rep),
+            daemon=True,
+        )
         for i in range(nw)
     ]
     for p in procs:
@@ -635,16 +705,26 @@ def main(argv=None) -> int:
         if p.is_alive():
             p.terminate()
     res, txt = dump()
-    nfree = sum(1 for r in res.values() for c in r.get("checks", []) if c["form"] == "free" and not c.get("strides_ok", True))
-    print(f"\n==== checks that failed (values or strides); free's layout differs from the conv's in {nfree} checks, as expected")
+    nfree = sum(
+        1 for r in res.values() for c in r.get("checks", []) if c["form"] == "free" and not c.get("strides_ok", True)
+    )
+    print(
+        "\n==== checks that failed (values or strides); "
+        f"free's layout differs from the conv's in {nfree} checks, as expected"
+    )
     for n, r in res.items():
         for c in r.get("checks", []):
             if not c.get("values_ok", True) or not (c.get("strides_ok", True) or c["form"] == "free"):
-                print(f"{n:18s} {c['form']:13s} {c['mode']:10s} values_ok={c['values_ok']} "
-                      f"nonunit_strides_ok={c.get('strides_ok_nonunit')} "
-                      + (f"err={c['err_norm']:.1e} strides={c['strides']} want={c['want']}" if "want" in c
-                         else f"strides={c['out_strides']} want={r['tok_strides']} grad_err="
-                         + ",".join(f"{k}:{v:.1e}" for k, v in c['grad_err_norm'].items())))
+                print(
+                    f"{n:18s} {c['form']:13s} {c['mode']:10s} values_ok={c['values_ok']} "
+                    f"nonunit_strides_ok={c.get('strides_ok_nonunit')} "
+                    + (
+                        f"err={c['err_norm']:.1e} strides={c['strides']} want={c['want']}"
+                        if "want" in c
+                        else f"strides={c['out_strides']} want={r['tok_strides']} grad_err="
+                        + ",".join(f"{k}:{v:.1e}" for k, v in c["grad_err_norm"].items())
+                    )
+                )
         for e in r.get("errors", []):
             print(f"{n:18s} ERROR {e}")
     missing = [s.name for s in allshapes if s.name not in res]

@@ -38,17 +38,23 @@ def main() -> None:
             fn = build()
             out = fn(x)
             grads = torch.autograd.grad(out, [x, conv.weight, conv.bias], grad_out) if out.requires_grad else None
-        rows.append({
-            "form": name,
-            "rewritten": len(report.rewritten),
-            "out rel err": rel(out, ref),
-            "grad x": rel(grads[0], ref_grads[0]) if grads else None,
-            "grad w": rel(grads[1], ref_grads[1]) if grads else None,
-            "grad b": rel(grads[2], ref_grads[2]) if grads else None,
-            "strides equal": out.stride() == ref.stride(),
-        })
-    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version()}
+        rows.append(
+            {
+                "form": name,
+                "rewritten": len(report.rewritten),
+                "out rel err": rel(out, ref),
+                "grad x": rel(grads[0], ref_grads[0]) if grads else None,
+                "grad w": rel(grads[1], ref_grads[1]) if grads else None,
+                "grad b": rel(grads[2], ref_grads[2]) if grads else None,
+                "strides equal": out.stride() == ref.stride(),
+            }
+        )
+    info = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
     print(info)
     print(tabulate(rows, headers="keys", floatfmt=".2e"))
     if os.environ.get("OUT"):

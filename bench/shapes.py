@@ -81,10 +81,20 @@ GPU_SHAPES: tuple[Shape, ...] = (
         (2, 16, 16),
     ),
     Shape("unetr", f"{_S6}: MONAI UNETR Conv3d(1->768,16), 96^3, batch 2", (2, 1, 96, 96, 96), 768, (16, 16, 16)),
-    Shape("glm4v_16k", f"{_S9}: GLM-4V Conv3d(3->1536,(2,14,14)) with bias, 16k patches", (16384, 3, 2, 14, 14), 1536,
-          (2, 14, 14)),
-    Shape("qwen25vl_16k_bias", f"{_S9}: Qwen2.5-VL-shaped conv with a bias, 16k patches", (16384, 3, 2, 14, 14), 1280,
-          (2, 14, 14)),
+    Shape(
+        "glm4v_16k",
+        f"{_S9}: GLM-4V Conv3d(3->1536,(2,14,14)) with bias, 16k patches",
+        (16384, 3, 2, 14, 14),
+        1536,
+        (2, 14, 14),
+    ),
+    Shape(
+        "qwen25vl_16k_bias",
+        f"{_S9}: Qwen2.5-VL-shaped conv with a bias, 16k patches",
+        (16384, 3, 2, 14, 14),
+        1280,
+        (2, 14, 14),
+    ),
 )
 
 CPU_SHAPES: tuple[Shape, ...] = (

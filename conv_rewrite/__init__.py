@@ -31,7 +31,18 @@ _PUBLIC = {
     "restore_": "convert",
     "rewrite": "transform",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = [  # the keys of _PUBLIC, written out so that tools read them
+    "Options",
+    "Report",
+    "backend",
+    "collect_reports",
+    "convert_",
+    "explain",
+    "inductor_options",
+    "patchify_conv",
+    "restore_",
+    "rewrite",
+]
 __version__ = "0.2.0"
 
 

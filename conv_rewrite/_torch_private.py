@@ -12,7 +12,7 @@ import re
 import sys
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -34,7 +34,7 @@ def same_fake_mode(values: list[torch.Tensor]) -> list[torch.Tensor]:
     from torch._subclasses.fake_tensor import FakeTensor
 
     mode = fake_mode_of(values[0])
-    out = []
+    out: list[torch.Tensor] = []
     for v in values:
         if isinstance(v, FakeTensor) and v.fake_mode is mode:
             out.append(v)
@@ -239,7 +239,7 @@ def chain_passes(existing: Any, ours: Any) -> Any:
 
 
 @functools.cache
-def _chained_pass_class() -> type:
+def _chained_pass_class() -> type[Any]:
     base = custom_graph_pass_class()
 
     class ChainedPass(base):  # type: ignore[misc, valid-type]
@@ -373,7 +373,7 @@ def modules_being_called() -> list[torch.nn.Module]:
     return found
 
 
-def is_conv_module(module: Any) -> bool:
+def is_conv_module(module: Any) -> TypeGuard[torch.nn.modules.conv._ConvNd]:
     """Whether ``module`` is an nn.ConvNd or nn.ConvTransposeNd, their Lazy forms and subclasses included.
 
     ``torch.nn.modules.conv._ConvNd``, the base class of them all: checked on 2.13, there since 1.0.

@@ -27,8 +27,8 @@ def _fmt(values: tuple[int, ...]) -> str:
 def _padding(call: ConvCall) -> tuple[tuple[int, ...] | None, str]:
     """The conv's padding as ints per dim, or (None, reason) when the rewrite cannot reproduce it."""
     if isinstance(call.padding, str):
-        if call.padding == "valid" or (call.padding == "same" and all(k == 1 for k in call.kernel)):
-            return (0,) * len(call.kernel), ""
+        if call.padding == "valid" or (call.padding == "same" and all(k == 1 for k in call.known_kernel)):
+            return (0,) * len(call.known_kernel), ""
         return None, f"padding '{call.padding}'"
     if call.transposed and call.padding_mode != "zeros":
         return None, f"padding_mode {call.padding_mode}"
@@ -77,7 +77,7 @@ def _cuda_cost_model(call: ConvCall) -> Decision:
     C*k = 1024 > O = 512: forward 0.84x), where the permute is a narrow transpose that costs more than the GEMM saves.
     A Conv1d with a narrower patch (ACE-Step, C*k = 384 < O = 2048) won 3.5x.
     """
-    patch_width = call.in_channels * math.prod(call.kernel) if isinstance(call.in_channels, int) else None
+    patch_width = call.in_channels * math.prod(call.known_kernel) if isinstance(call.in_channels, int) else None
     if call.dims == 1 and not call.transposed and patch_width is not None and patch_width > (call.out_channels or 0):
         return Decision(
             False, f"auto: cuda cost model: Conv1d with C*k = {patch_width} > O = {call.out_channels} measured slower"

@@ -27,31 +27,138 @@ FIXED_LAYOUT = frozenset(
 )
 # Ops that read a tensor's strides or storage directly, or need a layout to succeed (view).
 STRIDE_READERS = frozenset(
-    {"as_strided", "as_strided_", "stride", "is_contiguous", "data_ptr", "storage_offset", "set_", "untyped_storage",
-     "view", "_unsafe_view", "view_as", "numpy", "tolist", "__array__", "resize_", "resize_as_"}
+    {
+        "as_strided",
+        "as_strided_",
+        "stride",
+        "is_contiguous",
+        "data_ptr",
+        "storage_offset",
+        "set_",
+        "untyped_storage",
+        "view",
+        "_unsafe_view",
+        "view_as",
+        "numpy",
+        "tolist",
+        "__array__",
+        "resize_",
+        "resize_as_",
+    }
 )
 # Pure ops whose result may alias the input or follows its layout: the walk continues through them.
 FOLLOW_LAYOUT = frozenset(
-    {"flatten", "unflatten", "reshape", "reshape_as", "transpose", "permute", "t", "unsqueeze", "squeeze", "narrow",
-     "select", "slice", "expand", "expand_as", "movedim", "moveaxis", "swapaxes", "swapdims", "split", "chunk",
-     "unbind", "tensor_split", "split_with_sizes", "contiguous", "detach", "alias", "to", "_to_copy", "type", "type_as",
-     "float", "half", "bfloat16", "double", "clone", "getitem", "dropout", "softmax", "log_softmax", "_softmax",
-     "_log_softmax", "cat", "stack", "where", "masked_fill", "mT", "real"}
+    {
+        "flatten",
+        "unflatten",
+        "reshape",
+        "reshape_as",
+        "transpose",
+        "permute",
+        "t",
+        "unsqueeze",
+        "squeeze",
+        "narrow",
+        "select",
+        "slice",
+        "expand",
+        "expand_as",
+        "movedim",
+        "moveaxis",
+        "swapaxes",
+        "swapdims",
+        "split",
+        "chunk",
+        "unbind",
+        "tensor_split",
+        "split_with_sizes",
+        "contiguous",
+        "detach",
+        "alias",
+        "to",
+        "_to_copy",
+        "type",
+        "type_as",
+        "float",
+        "half",
+        "bfloat16",
+        "double",
+        "clone",
+        "getitem",
+        "dropout",
+        "softmax",
+        "log_softmax",
+        "_softmax",
+        "_log_softmax",
+        "cat",
+        "stack",
+        "where",
+        "masked_fill",
+        "mT",
+        "real",
+    }
 )
 _SHAPE_QUERIES = frozenset(
-    {"size", "dim", "numel", "shape", "ndim", "dtype", "device", "is_floating_point", "sym_size", "sym_numel",
-     "sym_stride", "requires_grad", "layout"}
+    {
+        "size",
+        "dim",
+        "numel",
+        "shape",
+        "ndim",
+        "dtype",
+        "device",
+        "is_floating_point",
+        "sym_size",
+        "sym_numel",
+        "sym_stride",
+        "requires_grad",
+        "layout",
+    }
 )
-_IN_PLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
-                       operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
-                       operator.imatmul, operator.ilshift, operator.irshift}
-_OPERATOR_NAMES = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div",
-                   operator.floordiv: "floor_divide", operator.neg: "neg", operator.pow: "pow", operator.mod: "remainder",
-                   operator.matmul: "matmul", operator.getitem: "getitem", operator.abs: "abs"}
+_IN_PLACE_OPERATORS = {
+    operator.setitem,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.ifloordiv,
+    operator.imod,
+    operator.ipow,
+    operator.iand,
+    operator.ior,
+    operator.ixor,
+    operator.imatmul,
+    operator.ilshift,
+    operator.irshift,
+}
+_OPERATOR_NAMES = {
+    operator.add: "add",
+    operator.sub: "sub",
+    operator.mul: "mul",
+    operator.truediv: "div",
+    operator.floordiv: "floor_divide",
+    operator.neg: "neg",
+    operator.pow: "pow",
+    operator.mod: "remainder",
+    operator.matmul: "matmul",
+    operator.getitem: "getitem",
+    operator.abs: "abs",
+}
 # Leaf modules of a symbolic_trace graph, read as the function their forward calls (only these exact classes).
-_MODULE_OPS = {nn.Linear: "linear", nn.LayerNorm: "layer_norm", nn.Flatten: "flatten", nn.Unflatten: "unflatten",
-               nn.Identity: "alias", nn.GELU: "gelu", nn.SiLU: "silu", nn.ReLU: "relu", nn.Tanh: "tanh",
-               nn.Sigmoid: "sigmoid", nn.Dropout: "dropout", nn.Softmax: "softmax"}
+_MODULE_OPS = {
+    nn.Linear: "linear",
+    nn.LayerNorm: "layer_norm",
+    nn.Flatten: "flatten",
+    nn.Unflatten: "unflatten",
+    nn.Identity: "alias",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.ReLU: "relu",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.Dropout: "dropout",
+    nn.Softmax: "softmax",
+}
 
 SINK, FOLLOW, IGNORE = "sink", "follow", "ignore"
 # The output layouts a replacement can be asked for.
@@ -96,7 +203,7 @@ def _is_pointwise(node: torch.fx.Node, name: str) -> bool:
     if op is not None and op[2]:
         return True
     packet = getattr(torch.ops.aten, name, None)
-    overloads = packet.overloads() if op is None and hasattr(packet, "overloads") else []
+    overloads = packet.overloads() if op is None and packet is not None and hasattr(packet, "overloads") else []
     return any(torch.Tag.pointwise in getattr(packet, o).tags for o in overloads)
 
 
@@ -190,7 +297,9 @@ def _replay(node: torch.fx.Node, free: dict[torch.fx.Node, Any], mode: Any) -> A
         with mode:
             if node.op == "call_method":
                 return getattr(args[0], str(node.target))(*args[1:], **kwargs)
-            return node.target(*args, **kwargs)
+            target = node.target
+            assert callable(target), "a call_function node's target is the function it calls"
+            return target(*args, **kwargs)
     except Exception:
         return None
 
@@ -271,10 +380,10 @@ def plan_layout(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall) -
         if seen_by is None:
             return CONTIGUOUS, ""
         return None, f"the conv's output strides {tuple(stride)} are observed ({seen_by}) and are not contiguous"
-    seen_by = observer(gm, node, _fake(shape, free_strides(shape, call.dims), node))
+    seen_by = observer(gm, node, _fake(shape, free_strides(shape, call.known_dims), node))
     if seen_by is None:
         return FREE, ""
-    if same_strides(stride, free_strides(shape, call.dims)):
+    if same_strides(stride, free_strides(shape, call.known_dims)):
         # The free view is exact, but it views the GEMM's buffer: where it is seen, a copy of its own hands out the
         # strides where AOTAutograd would restride size-1 dims or Inductor pad the GEMM's rows.
         unsafe = any(_is_one(s) for s in shape) or not (isinstance(shape[1], int) and shape[1] % 8 == 0)

@@ -76,9 +76,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _channels(call: ConvCall) -> tuple[int, int]:
+    """(in, out) channels of a conv ``decide.qualifies`` accepted: its weight's shape is known."""
+    if not (isinstance(call.in_channels, int) and isinstance(call.out_channels, int)):
+        raise TypeError(f"conv {call.node}: channels {call.in_channels} -> {call.out_channels} are not static ints")
+    return call.in_channels, call.out_channels
+
+
 def _weight_shape(call: ConvCall) -> tuple[int, ...]:
-    first, second = (call.in_channels, call.out_channels) if call.transposed else (call.out_channels, call.in_channels)
-    return (first, second, *call.kernel)
+    in_channels, out_channels = _channels(call)
+    first, second = (in_channels, out_channels) if call.transposed else (out_channels, in_channels)
+    return (first, second, *call.known_kernel)
 
 
 def _key(call: ConvCall, threads: int) -> str:
@@ -148,17 +156,22 @@ def _benchmark(call: ConvCall) -> tuple[float, float]:
 
     Runs in the calling thread, with its torch.get_num_threads() (which the cache key holds).
     """
+    # decide._auto measures only a conv whose input (shape, dtype, device) the graph records, on a device
+    # ``unmeasurable`` accepts.
+    assert call.input_shape is not None and call.dtype is not None and call.device is not None
     dtype, device = getattr(torch, call.dtype), torch.device(call.device)
     sync = _synchronize(call.device)
+    assert sync is not None
+    kernel = call.known_kernel
     shape = tuple(call.input_shape)
-    if len(shape) == len(call.kernel) + 1:  # unbatched: torch.convolution takes a batch
+    if len(shape) == len(kernel) + 1:  # unbatched: torch.convolution takes a batch
         shape = (1, *shape)
     with real_tensors(), torch.no_grad():
         x = torch.randn(shape, dtype=dtype, device=device)
         w = torch.randn(_weight_shape(call), dtype=dtype, device=device)
-        b = torch.randn(call.out_channels, dtype=dtype, device=device)
-        padding = [0] * len(call.kernel) if isinstance(call.padding, str) else list(call.padding)
-        output_padding = list(call.output_padding) or [0] * len(call.kernel)
+        b = torch.randn(_channels(call)[1], dtype=dtype, device=device)
+        padding = [0] * len(kernel) if isinstance(call.padding, str) else list(call.padding)
+        output_padding = list(call.output_padding) or [0] * len(kernel)
         gemm = replacement(call, FREE)
 
         def gemm_form() -> None:

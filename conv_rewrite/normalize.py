@@ -136,6 +136,20 @@ class ConvCall:
     hooks: tuple[str, ...] = ()
     operands: ConvOperands = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
 
+    @property
+    def known_kernel(self) -> tuple[int, ...]:
+        """The kernel of a conv ``decide.qualifies`` accepted (it rejects one whose kernel is unknown)."""
+        if self.kernel is None:
+            raise ValueError(f"conv {self.node} ({self.op}): kernel unknown, so it cannot be rewritten")
+        return self.kernel
+
+    @property
+    def known_dims(self) -> int:
+        """The spatial dims of a conv whose kernel is known (the weight's rank gives both)."""
+        if self.dims is None:
+            raise ValueError(f"conv {self.node} ({self.op}): spatial dims unknown, so it cannot be rewritten")
+        return self.dims
+
 
 RECORDED_KEYS = ("val", "example_value")  # make_fx/export/AOT, Dynamo
 
@@ -149,7 +163,7 @@ def recorded_value(node: Any) -> Any:
     return None
 
 
-def tensor_info(node: Any) -> tuple[Shape, Shape | None, torch.dtype] | None:
+def tensor_info(node: Any) -> tuple[Shape, Shape, torch.dtype] | None:
     """(shape, stride, dtype) recorded on a node by Dynamo, make_fx/export or ShapeProp; None when unknown."""
     if not isinstance(node, torch.fx.Node):
         return None
@@ -384,7 +398,9 @@ def _from_function(node: torch.fx.Node, gm: torch.fx.GraphModule, level: str, ki
     transposed = kind == "conv_transpose" or bool(bound.get("transposed", False))
     padding = bound.get("padding", 0)
     info = tensor_info(bound["input"])
-    op = f"aten.{node.target.__name__}" if level == "aten" else f"torch.{node.target.__name__}"
+    target = node.target
+    assert not isinstance(target, str), "conv_call passes only call_function nodes of a known conv target"
+    op = f"aten.{target.__name__}" if level == "aten" else f"torch.{target.__name__}"
     return ConvCall(
         node=node.name,
         module=_module_path(node),

@@ -259,8 +259,7 @@ def _check_operands(x: Any, weight: Any, bias: Any) -> int:
         raise _shape_error(f"weight must be (O, C, k1..kN) with N = 1, 2 or 3, got shape {tuple(weight.shape)}")
     if x.dim() not in (n + 1, n + 2):
         raise _shape_error(
-            f"x must be (B, C, S1..S{n}) or unbatched (C, S1..S{n}) for a {n}-d weight, "
-            f"got shape {tuple(x.shape)}"
+            f"x must be (B, C, S1..S{n}) or unbatched (C, S1..S{n}) for a {n}-d weight, got shape {tuple(x.shape)}"
         )
     channels = x.shape[0 if x.dim() == n + 1 else 1]
     if isinstance(channels, int) and isinstance(weight.shape[1], int) and channels != weight.shape[1]:
@@ -268,7 +267,9 @@ def _check_operands(x: Any, weight: Any, bias: Any) -> int:
             f"x has {channels} channels but weight {tuple(weight.shape)} expects {weight.shape[1]} (dim 1)"
         )
     if bias is not None and (bias.dim() != 1 or (isinstance(bias.shape[0], int) and bias.shape[0] != weight.shape[0])):
-        raise _shape_error(f"bias must be ({weight.shape[0]},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
+        raise _shape_error(
+            f"bias must be ({weight.shape[0]},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}"
+        )
     for name, value in (("weight", weight), ("bias", bias)):
         if value is not None and value.dtype != x.dtype:
             raise TypeError(f"patchify_conv: {name} has dtype {value.dtype} but x has {x.dtype}; they must match")

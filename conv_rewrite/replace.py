@@ -14,8 +14,8 @@ import torch.fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ._torch_private import fake_mode_of, python_dispatcher, same_fake_mode
-from .normalize import RECORDED_KEYS, ConvCall, recorded_value
 from .layout import AS_CONV, CHANNELS_LAST, CONTIGUOUS, FREE, free_strides
+from .normalize import RECORDED_KEYS, ConvCall, recorded_value
 from .patchify import (
     patchify_conv,
     patchify_conv_channels_last,
@@ -24,18 +24,17 @@ from .patchify import (
     unpatchify_conv_transpose_like_conv,
 )
 
-
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "seq_nr")
 
 
 def replacement(call: ConvCall, layout: str) -> Any:
     """The pure function (operands x, weight[, bias]) that computes ``call`` with the given output ``layout``."""
-    padding = (0,) * len(call.kernel) if isinstance(call.padding, str) else call.padding
+    padding = (0,) * len(call.known_kernel) if isinstance(call.padding, str) else call.padding
     if call.transposed:
-        fn = unpatchify_conv_transpose_like_conv if layout == AS_CONV else unpatchify_conv_transpose
-        return functools.partial(fn, padding=padding, output_padding=call.output_padding)
+        transpose_fn = unpatchify_conv_transpose_like_conv if layout == AS_CONV else unpatchify_conv_transpose
+        return functools.partial(transpose_fn, padding=padding, output_padding=call.output_padding)
     padded = any(padding) or call.padding_mode != "zeros"
-    pad = {"padding": padding, "padding_mode": call.padding_mode} if padded else {}
+    pad: dict[str, Any] = {"padding": padding, "padding_mode": call.padding_mode} if padded else {}
     if layout in (AS_CONV, CHANNELS_LAST):
         fn = patchify_conv_like_conv if layout == AS_CONV else patchify_conv_channels_last
         return functools.partial(fn, **pad)
@@ -68,7 +67,7 @@ def replace_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, call: ConvCall, 
         if name in node.meta and name not in new.meta:
             new.meta[name] = node.meta[name]
     if "tensor_meta" in node.meta and "tensor_meta" not in new.meta:
-        new.meta["tensor_meta"] = _tensor_meta(node.meta["tensor_meta"], layout, call.dims)
+        new.meta["tensor_meta"] = _tensor_meta(node.meta["tensor_meta"], layout, call.known_dims)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
@@ -98,7 +97,9 @@ def _insert_aten(gm: torch.fx.GraphModule, node: torch.fx.Node, fn: Any, operand
     with fake_mode_of(values[0]), python_dispatcher():
         traced = make_fx(fn, tracing_mode="real")(*values)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-    return gm.graph.graph_copy(traced.graph, dict(zip(placeholders, operands)))
+    new = gm.graph.graph_copy(traced.graph, dict(zip(placeholders, operands)))
+    assert isinstance(new, torch.fx.Node), "the traced replacement returns one tensor"
+    return new
 
 
 def _tensor_meta(conv_meta: Any, layout: str, dims: int) -> Any:

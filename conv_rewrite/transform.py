@@ -6,9 +6,9 @@ from typing import Any
 
 import torch.fx
 
-from .normalize import ConvCall, conv_call, graph_attr
 from .decide import Decision, decide
 from .layout import plan_layout
+from .normalize import ConvCall, conv_call, graph_attr
 from .options import Options, make_options
 from .record import record
 from .replace import replace_conv
@@ -26,9 +26,7 @@ def plan(
     return (decision, layout) if layout is not None else (Decision(False, problem), None)
 
 
-def rewrite_graph(
-    gm: torch.fx.GraphModule, options: Options, where: str, _done: set[int] | None = None
-) -> Report:
+def rewrite_graph(gm: torch.fx.GraphModule, options: Options, where: str, _done: set[int] | None = None) -> Report:
     """The pipeline over every conv node of ``gm`` and of the subgraphs its higher-order ops call (checkpoint, cond,
     nested regions), in place and in graph order; returns the report without recording it."""
     done = set() if _done is None else _done
@@ -44,6 +42,7 @@ def rewrite_graph(
             continue
         decision, layout = plan(gm, node, call, options)
         if decision.rewrite:
+            assert layout is not None, "plan gives a layout with every rewrite"
             replace_conv(gm, node, call, layout)
         report.rows.append(ReportRow.of(call, decision, layout, where))
     if report.rewritten:

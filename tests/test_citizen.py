@@ -117,6 +117,10 @@ def test_import_and_the_core_entry_points_load_no_compiler():
     assert "torch._dynamo" in loaded["backend"]
 
 
+def test_all_lists_every_lazily_imported_public_name():
+    assert conv_rewrite.__all__ == sorted(conv_rewrite._PUBLIC)
+
+
 PRIVATE_TORCH = re.compile(r"\btorch\._(?!_)|\bnn(?:\.\w+)*\._[A-Za-z]")
 
 

@@ -16,8 +16,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 import conv_rewrite
 from conv_rewrite import measure as autotune
 from conv_rewrite._torch_private import inductor_cpu_timer
-from conv_rewrite.normalize import ConvCall, conv_call
 from conv_rewrite.decide import Decision, decide
+from conv_rewrite.normalize import ConvCall, conv_call
 
 AUTO = conv_rewrite.Options(policy="auto")
 

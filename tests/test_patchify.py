@@ -43,7 +43,7 @@ def _layout_input(shape: tuple[int, ...], layout: str, dims: int, gen: torch.Gen
         return torch.randn(shape, dtype=FP64, generator=gen).to(memory_format=fmt)
     if layout == "channels_innermost":  # 1-d (B, L, C).transpose(1, 2), and the like for unbatched inputs
         c = 1 if batched else 0
-        perm_shape = shape[:c] + shape[c + 1:] + (shape[c],)
+        perm_shape = shape[:c] + shape[c + 1 :] + (shape[c],)
         return torch.randn(perm_shape, dtype=FP64, generator=gen).movedim(-1, c)
     if layout == "sliced":  # a non-contiguous view: every spatial dim is a window of a larger tensor
         big = torch.randn(shape[: len(shape) - dims] + tuple(s + 2 for s in shape[-dims:]), dtype=FP64, generator=gen)

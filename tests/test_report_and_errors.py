@@ -119,8 +119,12 @@ def test_options_of_the_wrong_type_raise_type_error() -> None:
 
 @pytest.mark.parametrize(
     "options, kwargs",
-    [(Options(policy="never"), {}), ({"policy": "never"}, {}), (None, {"policy": "never"}),
-     (Options(policy="always"), {"policy": "never"})],
+    [
+        (Options(policy="never"), {}),
+        ({"policy": "never"}, {}),
+        (None, {"policy": "never"}),
+        (Options(policy="always"), {"policy": "never"}),
+    ],
     ids=["Options", "dict", "keyword", "keyword overrides Options"],
 )
 def test_options_come_as_an_object_a_dict_or_keywords(options: object, kwargs: dict) -> None:

@@ -142,7 +142,8 @@ FUNCTIONAL_FORMS: dict[str, tuple[int, Callable[..., torch.Tensor]]] = {
     "torch.conv2d positional ints": (2, lambda x, w, b: torch.conv2d(x, w, b, 2, 0, 1, 1)),
     "torch.conv2d positional tuples": (2, lambda x, w, b: torch.conv2d(x, w, b, (2, 2), (0, 0), (1, 1), 1)),
     "torch.conv2d keywords": (
-        2, lambda x, w, b: torch.conv2d(input=x, weight=w, bias=b, stride=(2, 2), padding=0, dilation=1, groups=1)
+        2,
+        lambda x, w, b: torch.conv2d(input=x, weight=w, bias=b, stride=(2, 2), padding=0, dilation=1, groups=1),
     ),
     "torch.conv2d padding='valid'": (2, lambda x, w, b: torch.conv2d(x, w, b, 2, "valid")),
     "F.conv2d padding='valid' keyword": (2, lambda x, w, b: F.conv2d(x, w, b, stride=[2, 2], padding="valid")),
