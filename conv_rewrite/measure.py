@@ -61,6 +61,8 @@ def unmeasurable(call: ConvCall) -> str | None:
         return "not measured in Inductor's deterministic mode"
     if _synchronize(call.device) is None:
         return f"device {call.device} could not be measured"
+    if not (isinstance(call.in_channels, int) and isinstance(call.out_channels, int)):
+        return "channel counts not static"
     return None
 
 
