@@ -11,8 +11,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from .normalize import ConvCall, module_conv_call
 from .decide import Decision, decide
+from .normalize import ConvCall, module_conv_call
 from .options import Options, make_options
 from .patchify import patchify_conv_like_conv
 from .record import record
@@ -57,6 +57,11 @@ def convert_(
 
     ``filter_fn(module, fqn)`` is called for each conv module; False leaves it alone. Options as for ``rewrite``.
     Returns the Report: one row per conv module, node and module being its fqn, its input shape unknown.
+
+    The model ends as this call selects, whatever earlier calls did: a module converted before that this call does
+    not select (``policy="never"``, a ``filter_fn`` that now excludes it, a policy that now keeps the conv) is
+    restored to the conv and reported as skipped, its reason saying that the earlier conversion was undone. The
+    report always describes the model's state.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_() expects a torch.nn.Module, got {_type_name(model)}")
@@ -71,6 +76,9 @@ def convert_(
         decision = _decision(module, call, opts, filter_fn is None or bool(filter_fn(module, fqn)))
         if decision.rewrite:
             setattr(module, _ATTR, replacement(call, AS_CONV))
+        elif _is_converted(module):
+            delattr(module, _ATTR)
+            decision = Decision(False, f"{decision.reason}; the earlier conversion was undone")
         report.rows.append(ReportRow.of(call, decision, AS_CONV, _WHERE))
     record(report, _WHERE)
     return report

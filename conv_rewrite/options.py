@@ -7,6 +7,23 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 POLICIES = ("always", "auto", "never")
+POLICY_VARIABLE = "CONV_REWRITE_POLICY"
+
+
+def default_policy() -> str:
+    """The policy named by the environment variable CONV_REWRITE_POLICY, read now; "auto" where it is unset or empty.
+
+    A value that is not a policy raises a ValueError naming the variable, at the call that reads it.
+    """
+    value = os.environ.get(POLICY_VARIABLE, "")
+    if not value:
+        return "auto"
+    if value not in POLICIES:
+        raise ValueError(
+            f"environment variable {POLICY_VARIABLE}={value!r} is not a policy; valid values: {', '.join(POLICIES)} "
+            f"(or unset it for the default, auto)"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -15,10 +32,11 @@ class Options:
 
     policy: "auto" (the default) rewrites where the GEMM form is faster (the CUDA cost model, or a cached
     micro-benchmark on other devices), so it never loses; "always" rewrites every conv that qualifies; "never" only
-    reports what it would rewrite. The environment variable CONV_REWRITE_POLICY changes the default.
+    reports what it would rewrite. The environment variable CONV_REWRITE_POLICY changes the default (read when Options
+    are made without a policy; a bad value raises a ValueError naming the variable).
     """
 
-    policy: str = field(default_factory=lambda: os.environ.get("CONV_REWRITE_POLICY", "auto"))
+    policy: str = field(default_factory=default_policy)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
