@@ -88,9 +88,11 @@ ENTRY_POINTS: dict[str, Callable[[nn.Module, torch.Tensor], Callable[..., Any]]]
 
 
 def check_program(model: nn.Module, x: torch.Tensor, entry: Callable[[nn.Module, torch.Tensor], Any]) -> None:
-    """``model`` through ``entry`` computes eager's values and returns eager's strides."""
+    """``model``'s one conv is rewritten by ``entry``, and the result has eager's values and strides."""
     want = copy.deepcopy(model)(x.clone())
-    got = entry(copy.deepcopy(model), x.clone())(x.clone())
+    with conv_rewrite.collect_reports() as report:
+        got = entry(copy.deepcopy(model), x.clone())(x.clone())
+    assert [r.decision for r in report] == ["rewritten"], str(report)
     assert_same_result(got, want)
 
 
@@ -133,7 +135,9 @@ def _aliasing_cases() -> list[Any]:
 
 
 @pytest.mark.parametrize("program,entry", _aliasing_cases())
-def test_in_place_ops_and_as_strided_through_aliases_of_the_output_see_the_conv_layout(program: str, entry: str):
+def test_in_place_ops_and_as_strided_through_aliases_of_the_output_see_the_conv_layout(
+    program: str, entry: str, no_inductor_cache: None
+):
     torch.manual_seed(0)
     model = Program(nn.Conv2d(3, 8, 2, stride=2).double(), ALIASING[program])
     with torch.no_grad():
@@ -305,11 +309,10 @@ SIZE_ONE_CASES = [(case, entry) for case in SIZE_ONE for entry in SIZE_ONE_ENTRI
 
 
 @pytest.mark.parametrize("case,entry", SIZE_ONE_CASES, ids=[f"{c}-{e}" for c, e in SIZE_ONE_CASES])
-def test_output_with_size_one_dims_has_the_conv_strides(case: str, entry: str):
+def test_output_with_size_one_dims_has_the_conv_strides(case: str, entry: str, no_inductor_cache: None):
     make_conv, make_input = SIZE_ONE[case]
     torch.manual_seed(0)
-    with torch.no_grad() if entry == "convert_" else torch.enable_grad():
-        check_program(Program(make_conv().double(), lambda y: y), make_input(), SIZE_ONE_ENTRIES[entry])
+    check_program(Program(make_conv().double(), lambda y: y), make_input(), SIZE_ONE_ENTRIES[entry])
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "aot_eager"])
@@ -343,8 +346,9 @@ def test_conv_transpose_on_channels_last_through_a_trace_without_meta_keeps_the_
     def up(x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(x, w, b, stride=2)
 
-    gm = torch.fx.symbolic_trace(up)
+    gm = torch.fx.symbolic_trace(up)  # the weight a constant of the graph, no meta on any node
     (row,) = conv_rewrite.rewrite(gm, policy="always")
+    assert row.decision == "rewritten" and conv_nodes(gm) == [], str(row)
     assert_same_result(gm(x), up(x))
 
     module = nn.ConvTranspose2d(4, 3, 2, stride=2).double()  # weight known from the module: rewritten
@@ -382,7 +386,8 @@ def _backend_default(model: nn.Module, x: torch.Tensor) -> Callable[..., Any]:
 
 
 def _explain_default(model: nn.Module, x: torch.Tensor) -> Callable[..., Any]:
-    assert len(conv_rewrite.explain(model, x)) == 1
+    explanation = conv_rewrite.explain(model, x)
+    assert len(explanation) == 1 and explanation[0].reason, str(explanation)
     return model
 
 
@@ -392,10 +397,12 @@ def test_unbatched_input_under_the_default_policy(default_policy: None, case: st
     make_module, make_input = UNBATCHED[case]
     torch.manual_seed(0)
     module, x = make_module().double(), make_input()
-    with torch.no_grad():
+    with torch.no_grad(), conv_rewrite.collect_reports() as report:
         want = module(x)
         got = entry(module, x)(x)
     assert_same_result(got, want)
+    if entry is not _explain_default:  # explain returns its rows rather than recording them
+        assert report.rows and all(r.reason for r in report), str(report)
 
 
 class UpWithSkip(nn.Module):
