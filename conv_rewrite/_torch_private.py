@@ -199,18 +199,16 @@ def lookup_backend(name: str) -> Any:
     return lookup_backend(name)
 
 
-def convolution_pattern_pass(check: Any, replace: Any) -> Any:
-    """A PatternMatcherPass with one pattern, ``aten.convolution.default`` with every argument as a KeywordArg.
+def convolution_pattern_pass(targets: Any, check: Any, replace: Any) -> Any:
+    """A PatternMatcherPass with one pattern: a call of any of ``targets`` (ATen conv overloads), whatever its args.
 
-    ``torch._inductor.pattern_matcher``: CallFunction, KeywordArg, PatternMatcherPass, register_graph_pattern
-    (2.11, 2.13). Literal lists inside a pattern would switch it to element-wise matching, hence KeywordArgs.
+    ``torch._inductor.pattern_matcher``: CallFunctionVarArgs, PatternMatcherPass, register_graph_pattern (2.11, 2.13).
+    ``check`` and ``replace`` read the arguments from the matched node (overloads differ in arity and defaults).
     """
-    from torch._inductor.pattern_matcher import CallFunction, KeywordArg, PatternMatcherPass, register_graph_pattern
+    from torch._inductor.pattern_matcher import CallFunctionVarArgs, PatternMatcherPass, register_graph_pattern
 
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "transposed", "output_padding", "groups")
-    pattern = CallFunction(torch.ops.aten.convolution.default, *(KeywordArg(name) for name in names))
     patterns = PatternMatcherPass()
-    register_graph_pattern(pattern, extra_check=check, pass_dict=patterns)(replace)
+    register_graph_pattern(CallFunctionVarArgs(list(targets)), extra_check=check, pass_dict=patterns)(replace)
     return patterns
 
 

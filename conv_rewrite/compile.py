@@ -21,7 +21,7 @@ import torch
 import torch.fx
 
 from . import _torch_private as private
-from .normalize import conv_call, module_names
+from .normalize import ATEN_TARGETS, conv_call, module_names
 from .options import Options, make_options
 from .record import record
 from .replace import replace_conv
@@ -85,7 +85,7 @@ def _check(match: Any) -> bool:
     return decision.rewrite
 
 
-def _replace(match: Any, **_: Any) -> None:
+def _replace(match: Any, *_args: Any, **_kwargs: Any) -> None:
     """The pattern's replacement: the same ``replace_conv`` that ``rewrite`` uses, on any ATen graph's meta."""
     gm = _aten_state.get()[0]
     node = match.output_node()
@@ -101,12 +101,15 @@ def _position(node: torch.fx.Node) -> int:
 
 @functools.cache
 def _aten_patterns() -> Any:
-    """aten.convolution.default, registered once (as Inductor registers its own passes)."""
-    return private.convolution_pattern_pass(_check, _replace)
+    """Every ATen conv overload, registered once (as Inductor registers its own passes)."""
+    return private.convolution_pattern_pass(ATEN_TARGETS, _check, _replace)
 
 
 class AtenConvRewritePass(CustomGraphPass):
-    """Inductor ``post_grad_custom_pre_pass`` (or any ATen graph, via ``apply``): rewrites ``aten.convolution``."""
+    """Inductor ``post_grad_custom_pre_pass`` (or any ATen graph, via ``apply``: make_fx, export): rewrites ATen convs.
+
+    Inductor's post-grad graphs hold ``aten.convolution``; export and make_fx graphs ``aten.conv2d`` and the like.
+    """
 
     def __init__(self, options: Options | None = None):
         self.options = make_options(options)
@@ -120,11 +123,10 @@ class AtenConvRewritePass(CustomGraphPass):
             return  # the pre-grad pass decided (and reported) every conv of this compile
         where = f"inductor post-grad graph {next(_graph_ids)}"
         with module_names(private.modules_being_called()):
-            report = self.apply(gm, where=where)
-        record(report, where)
+            self.apply(gm, where=where)
 
     def apply(self, gm: torch.fx.GraphModule, where: str = "aten pass") -> Report:
-        """Run the pattern over ``gm``'s graph (any ATen graph with ``meta['val']``); returns the report."""
+        """Run the pattern over ``gm``'s graph (any ATen graph with ``meta['val']``); records and returns the report."""
         if not isinstance(gm, torch.fx.GraphModule):
             raise TypeError(f"apply() expects a torch.fx.GraphModule, got {type(gm).__qualname__}")
         rows: list[tuple[int, ReportRow]] = []
@@ -137,6 +139,7 @@ class AtenConvRewritePass(CustomGraphPass):
         if report.rewritten:
             gm.graph.lint()
             gm.recompile()
+        record(report, where)
         return report
 
 

@@ -79,7 +79,8 @@ _TORCH_TARGETS: dict[Callable[..., Any], tuple[str, int | None]] = {
     torch.conv_transpose3d: ("conv_transpose", 3),
     torch.convolution: ("convolution", None),
 }
-_ATEN_TARGETS: dict[Any, tuple[str, int | None]] = {
+# Every ATen conv overload a graph can hold (Dynamo/AOT graphs: convolution; export and make_fx: the others).
+ATEN_TARGETS: dict[Any, tuple[str, int | None]] = {
     aten.convolution.default: ("convolution", None),
     aten._convolution.default: ("convolution", None),
     aten.conv1d.default: ("conv", 1),
@@ -431,8 +432,8 @@ def conv_call(node: torch.fx.Node, gm: torch.fx.GraphModule) -> ConvCall | None:
         return _from_module(node, gm)
     if node.op != "call_function":
         return None
-    if node.target in _ATEN_TARGETS:
-        return _from_function(node, gm, "aten", *_ATEN_TARGETS[node.target])
+    if node.target in ATEN_TARGETS:
+        return _from_function(node, gm, "aten", *ATEN_TARGETS[node.target])
     if node.target in _TORCH_TARGETS:
         return _from_function(node, gm, "torch", *_TORCH_TARGETS[node.target])
     return None

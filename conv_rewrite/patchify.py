@@ -161,7 +161,10 @@ class _PatchGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: str) -> torch.Tensor:
-        return _patch_gemm(x, weight, bias, form)
+        # detach(): the same tensor, but not a view. Autograd forbids an in-place op on a view made inside a Function
+        # (and on its views), where the conv's output allows it. Views made outside instead would be views of an
+        # intermediate, which AOTAutograd regenerates with other strides for size-1 dims.
+        return _patch_gemm(x, weight, bias, form).detach()
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:

@@ -288,59 +288,16 @@ COMMON = {
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 }
 
-# Core defects the property finds today, each pinned by named strict-xfail tests in test_meaning_issue14.py. The
-# property runs outside their region as a test that must pass, and inside it as a strict xfail that turns into a
-# failure (XPASS) once the defect is fixed: then delete the region here.
-IN_PLACE_IN_TRAINING = (
-    "core defect, patchify.py: _PatchGemm returns a view made inside the autograd.Function, so an in-place op on the "
-    "output (or a view of it) with grad raises 'Output 0 of _PatchGemm is a view and is being modified inplace' "
-    "(test_an_in_place_op_on_the_output_in_training_has_eager_values_and_gradients)"
-)
-
-
-def _in_place_in_training(case: Case) -> bool:
-    return case.grad and any(f".{op}(" in case.source for op in IN_PLACE)
-
-
-KNOWN_DEFECTS: dict[str, tuple[Callable[[Case], bool], str]] = {
-    entry: (_in_place_in_training, IN_PLACE_IN_TRAINING)
-    for entry in (
-        "backend-aot_eager",
-        "backend-inductor",
-        "inductor_options",
-        "rewrite-symbolic_trace",
-        "convert_-aot_eager",
-    )
-}
-
-
-def _outside_known_defects(entry: str) -> Callable[[Case], bool]:
-    inside = KNOWN_DEFECTS[entry][0] if entry in KNOWN_DEFECTS else (lambda case: False)
-    return lambda case: not inside(case)
-
 
 @pytest.mark.parametrize("entry", sorted(set(ENTRY_POINTS) - SLOW))
 @settings(max_examples=20, phases=(Phase.explicit, Phase.generate, Phase.shrink), **COMMON)
 @given(data=st.data())
 def test_consumer_chain_keeps_values_strides_and_aliasing(entry: str, data: st.DataObject) -> None:
-    check_chain(data.draw(cases().filter(_outside_known_defects(entry)), label="case"), entry)
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [
-        pytest.param(entry, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DEFECTS[entry][1]))
-        for entry in sorted(set(KNOWN_DEFECTS) - SLOW)
-    ],
-)
-@settings(max_examples=10, phases=(Phase.explicit, Phase.generate), **COMMON)
-@given(data=st.data())
-def test_consumer_chain_in_a_known_defect_region(entry: str, data: st.DataObject) -> None:
-    check_chain(data.draw(cases().filter(KNOWN_DEFECTS[entry][0]), label="case"), entry)
+    check_chain(data.draw(cases(), label="case"), entry)
 
 
 @pytest.mark.parametrize("entry", sorted(SLOW))
 @settings(max_examples=3, phases=(Phase.explicit, Phase.generate, Phase.shrink), **COMMON)
-@given(case=cases(lambda setup: setup.dims == 2).filter(_outside_known_defects("inductor_options")))
+@given(case=cases(lambda setup: setup.dims == 2))
 def test_consumer_chain_keeps_values_strides_and_aliasing_under_inductor(entry: str, case: Case) -> None:
     check_chain(case, entry)

@@ -144,11 +144,6 @@ def test_in_place_ops_and_as_strided_through_aliases_of_the_output_see_the_conv_
         check_program(model, _randn(2, 3, 8, 8), ENTRY_POINTS[entry])
 
 
-IN_PLACE_IN_TRAINING = (
-    "core defect (patchify.py): _PatchGemm.forward returns a view made inside the autograd.Function (the free "
-    "view's permute; .view in the linear and weight @ rows^T forms), and autograd forbids an in-place op on such an "
-    "output or any view of it: 'Output 0 of _PatchGemm is a view and is being modified inplace'. The conv allows it."
-)
 TRAINING = {
     "channels_last-free_view": (
         lambda: nn.Conv2d(3, 8, 2, stride=2),
@@ -170,7 +165,6 @@ def _add_in_place_then_tokens(y: torch.Tensor) -> torch.Tensor:
     return y.flatten(2).transpose(1, 2)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=IN_PLACE_IN_TRAINING)
 @pytest.mark.parametrize("entry", sorted(TRAINING_ENTRIES))
 @pytest.mark.parametrize("case", sorted(TRAINING))
 def test_an_in_place_op_on_the_output_in_training_has_eager_values_and_gradients(case: str, entry: str):
@@ -183,7 +177,11 @@ def test_an_in_place_op_on_the_output_in_training_has_eager_values_and_gradients
     want_grads = torch.autograd.grad(want.square().sum(), inputs)
     got = rewritten(x)
     grads = torch.autograd.grad(got.square().sum(), [x, *rewritten.parameters()])
-    assert_same_result(got, want)
+    assert_same_result(got, want, strides=False)
+    # AOTAutograd regenerates views of a graph's intermediates with its own strides for size-1 dims (the conv's too):
+    # compiled, the strides to match are those of plain torch.compile
+    reference = torch.compile(copy.deepcopy(model), backend="aot_eager")(x) if entry.endswith("aot_eager") else want
+    assert got.stride() == reference.stride(), f"strides {got.stride()} != {reference.stride()}"
     for g, w in zip(grads, want_grads):
         assert_same_result(g, w, strides=False)
 
@@ -416,13 +414,6 @@ class UpWithSkip(nn.Module):
         return self.up(x, output_size=skip.shape[2:]) + skip
 
 
-OUTPUT_SIZE_CRASH = (
-    "core defect (normalize.py): under dynamic=True Dynamo passes output_padding as a list of SymInt nodes "
-    "([sub_6, sub_7]); normalize._static calls int() on a Node: 'TypeError: int() argument must be ... not Node'"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.BackendCompilerFailed, reason=OUTPUT_SIZE_CRASH)
 @pytest.mark.parametrize("entry", ["backend-aot_eager", "inductor_options", "explain"])
 def test_conv_transpose_with_symbolic_output_size_is_rewritten_or_skipped_with_a_reason(entry: str):
     torch.manual_seed(0)
