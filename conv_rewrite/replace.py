@@ -92,9 +92,13 @@ def _fake_run(fn: Any, operands: list[Any]) -> Any:
 
 
 def _insert_aten(gm: torch.fx.GraphModule, node: torch.fx.Node, fn: Any, operands: list[Any]) -> torch.fx.Node:
-    """Trace ``fn`` to ATen on the operands' fake values and copy its nodes in before ``node``."""
+    """Trace ``fn`` to ATen on the operands' fake values and copy its nodes in before ``node``.
+
+    Traced without grad: an ATen graph is differentiated, if at all, through its own ops (autograd over a make_fx or
+    export graph), so the replacement's plain ops, not the forward of its autograd.Function, are what it must hold.
+    """
     values = _fake_values(operands)
-    with fake_mode_of(values[0]), python_dispatcher():
+    with fake_mode_of(values[0]), python_dispatcher(), torch.no_grad():
         traced = make_fx(fn, tracing_mode="real")(*values)
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     new = gm.graph.graph_copy(traced.graph, dict(zip(placeholders, operands)))
