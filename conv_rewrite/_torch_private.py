@@ -377,3 +377,20 @@ def is_conv_module(module: Any) -> TypeGuard[torch.nn.modules.conv._ConvNd]:
     ``torch.nn.modules.conv._ConvNd``, the base class of them all: checked on 2.13, there since 1.0.
     """
     return isinstance(module, torch.nn.modules.conv._ConvNd)
+
+
+@functools.cache
+def autotune_custom_op(op: Any, decompositions: tuple[Any, ...]) -> None:
+    """Make Inductor lower the custom ``op`` to the fastest of its own implementation and ``decompositions``, each
+    called with the op's arguments and timed at compile time on random inputs of the compiled sizes; once per op.
+
+    ``torch._inductor.kernel.custom_op.register_custom_op_autotuning(op, configs=[CustomOpConfig(fn), ...])``:
+    present on 2.11 and 2.13 (run here on 2.13 only; 2.11's fallback choice wraps the op in a closure instead,
+    same entry point and configs). It sets ``torch._inductor.lowering.user_lowerings[op]``; the op's implementation is
+    always a choice (an extern call of the op, with the strides of its fake), and a decomposition that wins is
+    inlined, so Inductor fuses it with its neighbours. Autotuning benchmarks with the default config, no max_autotune
+    needed; under ``config.deterministic`` it picks without timing.
+    """
+    from torch._inductor.kernel.custom_op import CustomOpConfig, register_custom_op_autotuning
+
+    register_custom_op_autotuning(op, configs=[CustomOpConfig(fn) for fn in decompositions])

@@ -24,7 +24,7 @@ from . import _torch_private as private
 from .normalize import ATEN_TARGETS, conv_call, module_names
 from .options import Options, make_options
 from .record import record
-from .replace import replace_conv
+from .replace import for_inductor, replace_conv
 from .report import Report, ReportRow
 from .transform import plan, rewrite_graph
 
@@ -58,7 +58,7 @@ class ConvRewritePass(CustomGraphPass):
         if gm is None:
             return
         where = f"inductor pre-grad graph {next(_graph_ids)}"
-        with module_names(private.modules_being_called()):
+        with module_names(private.modules_being_called()), for_inductor():
             report = rewrite_graph(gm, self.options, where=where)
         record(report, where)
 
@@ -122,7 +122,7 @@ class AtenConvRewritePass(CustomGraphPass):
         if gm is None or private.current_compile_id() in _PRE_GRAD_SEEN:
             return  # the pre-grad pass decided (and reported) every conv of this compile
         where = f"inductor post-grad graph {next(_graph_ids)}"
-        with module_names(private.modules_being_called()):
+        with module_names(private.modules_being_called()), for_inductor():
             self.apply(gm, where=where)
 
     def apply(self, gm: torch.fx.GraphModule, where: str = "aten pass") -> Report:
@@ -208,7 +208,7 @@ class ConvRewriteBackend:
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any], **compile_kwargs: Any) -> Any:
         where = f"dynamo graph {next(_graph_ids)}"
-        with module_names(private.modules_being_called()):
+        with module_names(private.modules_being_called()), for_inductor(self.inner == "inductor"):
             report = rewrite_graph(gm, self.options, where=where)
         inner = self.inner
         if isinstance(inner, str):  # "inductor": any other name was looked up in __init__

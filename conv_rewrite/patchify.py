@@ -22,6 +22,7 @@ def patchify_conv(
     contiguous_output: bool = False,
     padding: int | Sequence[int] = (),
     padding_mode: str = "zeros",
+    autotune: bool = False,
 ) -> torch.Tensor:
     """Return ``convNd(x, weight, bias, stride=kernel, padding=padding)`` computed as one matrix multiply.
 
@@ -47,6 +48,7 @@ def patchify_conv(
             contiguous_output=contiguous_output,
             padding=padding,
             padding_mode=padding_mode,
+            autotune=autotune,
         ).squeeze(0)
     x = _pad(x, padding, padding_mode)
     out_sizes = [x.shape[2 + i] // weight.shape[2 + i] for i in range(n)]
@@ -55,6 +57,8 @@ def patchify_conv(
     # A tracer's graph may reach Inductor, which pads GEMM buffers on CUDA; eager tensors meet no such compiler.
     traced = torch.compiler.is_compiling() or type(x) is not torch.Tensor
     form = contiguous_form(x.shape[0], length, patch, weight.shape[0], traced) if contiguous_output else FREE_VIEW
+    if autotune and should_autotune(x, form):
+        return patch_conv(x, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _PatchGemm.apply(x, weight, bias, form)
     return _patch_gemm(x, weight, bias, form)
@@ -175,24 +179,32 @@ class _PatchGemm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b, _ = ctx.needs_input_grad
-        batch, out_channels = x.shape[0], weight.shape[0]
-        kernel = list(weight.shape[2:])
-        w = weight.reshape(out_channels, -1)
-        patch = w.shape[1]
-        weight_major = ctx.form in WEIGHT_FORMS
-        # (B, O, L) as the weight-major forms wrote it; else (B*L, O), free of copies for the free view
-        g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
-        grad_x = grad_w = grad_b = None
-        if need_w:
-            weight_grad = _weight_grad if _is_dtensor(g, x) else _patch_weight_grad
-            grad_w = weight_grad(g, x, kernel, not weight_major).view(weight.shape)
-        if need_b:
-            grad_b = g.sum((0, 2)) if weight_major else g.sum(0)
-        if need_x:
-            rows = torch.matmul(w.t(), g).transpose(1, 2) if weight_major else torch.mm(g, w).view(batch, -1, patch)
-            grad_x = _unpatch_rows(rows, x.shape, kernel)
-        return grad_x, grad_w, grad_b, None
+        needs = ctx.needs_input_grad[:3]
+        return (*_patch_gemm_grads(grad, x, weight, needs, weight_major=ctx.form in WEIGHT_FORMS), None)
+
+
+def _patch_gemm_grads(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs: Sequence[bool], weight_major: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of (x, weight, bias) where ``needs`` says, from the output's ``grad`` and the saved ``x`` and
+    ``weight``: the patches are rebuilt only for the weight's gradient. ``weight_major``: the GEMM wrote (B, O, L)."""
+    need_x, need_w, need_b = needs
+    batch, out_channels = x.shape[0], weight.shape[0]
+    kernel = list(weight.shape[2:])
+    w = weight.reshape(out_channels, -1)
+    patch = w.shape[1]
+    # (B, O, L) as the weight-major forms wrote it; else (B*L, O), free of copies for the free view
+    g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
+    grad_x = grad_w = grad_b = None
+    if need_w:
+        weight_grad = _weight_grad if _is_dtensor(g, x) else _patch_weight_grad
+        grad_w = weight_grad(g, x, kernel, not weight_major).view(weight.shape)
+    if need_b:
+        grad_b = g.sum((0, 2)) if weight_major else g.sum(0)
+    if need_x:
+        rows = torch.matmul(w.t(), g).transpose(1, 2) if weight_major else torch.mm(g, w).view(batch, -1, patch)
+        grad_x = _unpatch_rows(rows, x.shape, kernel)
+    return grad_x, grad_w, grad_b
 
 
 # The forms of the GEMM. FREE_VIEW is the channels-last view; the others return the contiguous layout.
@@ -224,6 +236,75 @@ def contiguous_form(batch: Any, length: Any, patch: int, out_channels: int, padd
             return WEIGHT_MM if fold else WEIGHT_MM_ADD
         return WEIGHT_BMM if fold else WEIGHT_BMM_ADD
     return FREE_CLONE
+
+
+# The contiguous forms whose speed the sizes do not tell: measured on an H200, bmm + add took 0.119-0.180 ms across
+# processes on CogVideoX's patch embedding where the conv took 0.132 and linear + copy 0.140 (bench/NOTES.md).
+MEASURED_FORMS = (WEIGHT_MM_ADD, WEIGHT_BMM_ADD)
+# Where Inductor measures them; elsewhere the static choice stays (the CPU's forms were never seen to vary).
+AUTOTUNED_DEVICES = ("cuda",)
+
+
+def should_autotune(x: torch.Tensor, form: str) -> bool:
+    """Whether the exact ``form`` should be left to Inductor's autotuning, against the conv and the other exact form:
+    the one ``contiguous_form`` chose is not reliably faster than the conv, on a device where that was measured."""
+    return form in MEASURED_FORMS and x.device.type in AUTOTUNED_DEVICES
+
+
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@torch.library.custom_op("conv_rewrite::patch_conv", mutates_args=())
+def patch_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``convNd(x, weight, bias, stride=kernel)`` of a batched, already padded ``x``, with contiguous strides: one op
+    that Inductor lowers to the fastest of the conv itself and ``AUTOTUNED_FORMS`` (``register_autotuning``)."""
+    y = _CONVS[weight.dim() - 2](x, weight, bias, stride=tuple(weight.shape[2:]))
+    # canonical contiguous strides, size-1 dims included, as the fake and every decomposition give them
+    strides = [math.prod(y.shape[d + 1 :]) for d in range(y.dim())]
+    return y if list(y.stride()) == strides else y.clone(memory_format=torch.contiguous_format)
+
+
+@patch_conv.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    n = weight.dim() - 2
+    shape = (x.shape[0], weight.shape[0], *(x.shape[2 + i] // weight.shape[2 + i] for i in range(n)))
+    return torch.empty(shape, dtype=x.dtype, device=x.device)
+
+
+def _patch_conv_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight)  # as _PatchGemm: x, not the patches, is kept for the backward
+
+
+def _patch_conv_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, weight = ctx.saved_tensors
+    return _patch_gemm_grads(grad, x, weight, ctx.needs_input_grad, weight_major=True)
+
+
+patch_conv.register_autograd(_patch_conv_backward, setup_context=_patch_conv_setup)
+
+
+def patch_conv_weight_gemm_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``patch_conv`` as weight @ patches^T (2-d for one sample, batched otherwise), then the bias added by a
+    pointwise op that writes the contiguous output."""
+    return _patch_gemm(x, weight, bias, WEIGHT_MM_ADD if _is_one(x.shape[0]) else WEIGHT_BMM_ADD)
+
+
+def patch_conv_linear_copy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``patch_conv`` as patches @ weight^T + bias (one linear), then one copy into the contiguous layout."""
+    return _patch_gemm(x, weight, bias, FREE_CLONE)
+
+
+# The exact forms Inductor times against the conv (``patch_conv``'s own implementation, its fallback choice).
+AUTOTUNED_FORMS = (patch_conv_weight_gemm_add, patch_conv_linear_copy)
+
+
+def register_autotuning() -> None:
+    """Make Inductor lower ``patch_conv`` to the fastest of the conv and ``AUTOTUNED_FORMS``, timed at compile time
+    (once per process; loads Inductor)."""
+    from ._torch_private import autotune_custom_op
+
+    autotune_custom_op(patch_conv, AUTOTUNED_FORMS)
 
 
 def _is_multiple_of_8(size: Any) -> bool:
@@ -329,6 +410,7 @@ def patchify_conv_like_conv(
     *,
     padding: Sequence[int] = (),
     padding_mode: str = "zeros",
+    autotune: bool = False,
 ) -> torch.Tensor:
     """``patchify_conv`` with the output strides the conv itself would return for these inputs.
 
@@ -339,10 +421,11 @@ def patchify_conv_like_conv(
 
     if x.dim() == weight.dim() - 1:
         return patchify_conv_like_conv(
-            x.unsqueeze(0), weight, bias, padding=padding, padding_mode=padding_mode
+            x.unsqueeze(0), weight, bias, padding=padding, padding_mode=padding_mode, autotune=autotune
         ).squeeze(0)
     x = _pad(x, _check_padding(padding, padding_mode, weight.dim() - 2), padding_mode)
-    return patchify_conv(x, weight, bias, contiguous_output=not conv_returns_channels_last(x, weight, bias, False))
+    contiguous = not conv_returns_channels_last(x, weight, bias, False)
+    return patchify_conv(x, weight, bias, contiguous_output=contiguous, autotune=autotune)
 
 
 def patchify_conv_channels_last(

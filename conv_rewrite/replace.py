@@ -6,7 +6,10 @@ torch.export, AOT/post-grad) get the ATen ops that function traces to, each with
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,11 +23,24 @@ from .patchify import (
     patchify_conv,
     patchify_conv_channels_last,
     patchify_conv_like_conv,
+    register_autotuning,
     unpatchify_conv_transpose,
     unpatchify_conv_transpose_like_conv,
 )
 
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "seq_nr")
+_FOR_INDUCTOR: contextvars.ContextVar[bool] = contextvars.ContextVar("conv_rewrite_for_inductor", default=False)
+
+
+@contextlib.contextmanager
+def for_inductor(inductor: bool = True) -> Iterator[None]:
+    """Within the block, replacements are built for a graph that Inductor compiles (when ``inductor``): where the
+    fastest exact form cannot be known from the sizes, Inductor measures it (``patchify_conv(autotune=True)``)."""
+    token = _FOR_INDUCTOR.set(inductor)
+    try:
+        yield
+    finally:
+        _FOR_INDUCTOR.reset(token)
 
 
 def replacement(call: ConvCall, layout: str) -> Any:
@@ -34,11 +50,14 @@ def replacement(call: ConvCall, layout: str) -> Any:
         transpose_fn = unpatchify_conv_transpose_like_conv if layout == AS_CONV else unpatchify_conv_transpose
         return functools.partial(transpose_fn, padding=padding, output_padding=call.output_padding)
     padded = any(padding) or call.padding_mode != "zeros"
-    pad: dict[str, Any] = {"padding": padding, "padding_mode": call.padding_mode} if padded else {}
+    kwargs: dict[str, Any] = {"padding": padding, "padding_mode": call.padding_mode} if padded else {}
+    if _FOR_INDUCTOR.get() and layout in (AS_CONV, CONTIGUOUS):  # the layouts that may be contiguous
+        register_autotuning()
+        kwargs["autotune"] = True
     if layout in (AS_CONV, CHANNELS_LAST):
         fn = patchify_conv_like_conv if layout == AS_CONV else patchify_conv_channels_last
-        return functools.partial(fn, **pad)
-    return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS, **pad)
+        return functools.partial(fn, **kwargs)
+    return functools.partial(patchify_conv, contiguous_output=layout == CONTIGUOUS, **kwargs)
 
 
 def _operand_nodes(gm: torch.fx.GraphModule, call: ConvCall) -> list[Any]:

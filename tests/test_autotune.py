@@ -1,0 +1,106 @@
+"""Issue 13 item 2: where the fastest exact contiguous form is unknown statically, Inductor times the conv itself
+against the exact forms (``conv_rewrite::patch_conv``, custom-op autotuning). Only CUDA uses it; these tests force
+the CPU through it (custom-op autotuning benchmarks on the CPU too, with Inductor's default config)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from core_helpers import reference_conv
+from torch._inductor import select_algorithm
+from torch._inductor.utils import run_and_get_code
+
+import conv_rewrite
+from conv_rewrite import patchify
+from conv_rewrite.patchify import AUTOTUNED_FORMS, WEIGHT_BMM_ADD, contiguous_form, patch_conv
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return torch.empty(shape, device="meta").stride()
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "bias"),
+    [((2, 3, 9), (8, 3, 2), True), ((2, 4, 7, 6), (16, 4, 2, 3), False), ((1, 2, 4, 6, 5), (5, 2, 2, 2, 2), True)],
+)
+def test_patch_conv_opcheck_and_forms(x_shape, w_shape, bias):
+    x = torch.randn(x_shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(w_shape, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(w_shape[0], dtype=torch.float64, requires_grad=True) if bias else None
+    torch.library.opcheck(patch_conv, (x, w, b))
+    ref = reference_conv(x, w, b)
+    for form in (patch_conv, *AUTOTUNED_FORMS):
+        y = form(x, w, b)
+        torch.testing.assert_close(y, ref, rtol=0, atol=1e-10)
+        assert y.stride() == _contiguous_strides(tuple(ref.shape)), form
+    grads = torch.autograd.grad(patch_conv(x, w, b).sum(), [t for t in (x, w, b) if t is not None])
+    ref_grads = torch.autograd.grad(ref.sum(), [t for t in (x, w, b) if t is not None])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
+# What each candidate leaves in Inductor's output code: the fallback is an extern call of the op itself.
+_MARKS = {
+    "patch_conv_weight_gemm_add": "extern_kernels.bmm(",
+    "patch_conv_linear_copy": "extern_kernels.addmm(",
+    "fallback": "torch.ops.conv_rewrite.patch_conv.default(",
+}
+
+
+def test_inductor_autotunes_the_unaligned_contiguous_conv(monkeypatch, no_inductor_cache):
+    # O = 24 > K = 12 and L = 7 * 5 = 35, not a multiple of 8: the bmm + add form, whose speed is not known statically
+    assert contiguous_form(2, 35, 12, 24, True) == WEIGHT_BMM_ADD
+    monkeypatch.setattr(patchify, "AUTOTUNED_DEVICES", ("cuda", "cpu"))
+    timings: list[dict] = []
+    select_algorithm.add_feedback_saver(lambda t, name, *_: timings.append(t) if "patch_conv" in name else None)
+    try:
+        torch.manual_seed(0)
+        conv = nn.Conv2d(3, 24, 2, stride=2)
+        x = torch.randn(2, 3, 14, 11, requires_grad=True)
+        backend = conv_rewrite.backend(policy="always")
+        out, codes = run_and_get_code(torch.compile(conv, backend=backend), x)
+    finally:
+        select_algorithm.clear_feedback_savers()
+    assert backend.report.rewritten
+    ref = reference_conv(x.double(), conv.weight.double(), conv.bias.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert out.stride() == conv(x).stride() == _contiguous_strides(tuple(ref.shape))
+
+    # the conv itself and both exact forms were timed; the output code runs the fastest
+    assert len(timings) == 1 and len(timings[0]) == 3
+    winner = min(timings[0], key=timings[0].get).name
+    chosen = next(key for key in _MARKS if key in winner)
+    forward = codes[0]
+    assert _MARKS[chosen] in forward, (winner, forward)
+    assert all(mark not in forward for key, mark in _MARKS.items() if key != chosen), (winner, forward)
+
+    grads = torch.autograd.grad(out.sum(), [x, conv.weight, conv.bias])
+    ref_grads = torch.autograd.grad(ref.sum(), [x, conv.weight, conv.bias])  # the float64 conv's, through .double()
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("inner", ["inductor", "aot_eager"])
+def test_static_choice_without_autotuning(inner, monkeypatch, no_inductor_cache):
+    """On the CPU, and for any compiler but Inductor, the form stays the one ``contiguous_form`` chooses."""
+    if inner == "aot_eager":
+        monkeypatch.setattr(patchify, "AUTOTUNED_DEVICES", ("cuda", "cpu"))
+    graphs: list[str] = []
+
+    def spy(gm, example_inputs, **kwargs):
+        graphs.append(str(gm.graph))
+        return gm
+
+    conv = nn.Conv2d(3, 24, 2, stride=2)
+    x = torch.randn(2, 3, 14, 11)
+    if inner == "aot_eager":
+        from torch._dynamo.backends.common import aot_autograd
+
+        compiled = torch.compile(conv, backend=conv_rewrite.backend(inner=aot_autograd(fw_compiler=spy)))
+        out = compiled(x)
+        assert graphs and all("patch_conv" not in g for g in graphs)
+    else:
+        out, codes = run_and_get_code(torch.compile(conv, backend=conv_rewrite.backend()), x)
+        assert "conv_rewrite.patch_conv" not in codes[0] and "extern_kernels.bmm(" in codes[0]
+    torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-5)
