@@ -40,10 +40,10 @@ def test_patch_conv_opcheck_and_forms(x_shape, w_shape, bias):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
 
 
-# What each candidate leaves in Inductor's output code: the fallback is an extern call of the op itself.
+# What each candidate leaves in Inductor's output code (the fallback is an extern call of the op itself); the linear
+# form's GEMM may be an addmm or a template on the CPU, so it is recognised by the absence of the others.
 _MARKS = {
-    "patch_conv_weight_gemm_add": "extern_kernels.bmm(",
-    "patch_conv_linear_copy": "extern_kernels.addmm(",
+    "patch_conv_weight_gemm_add": "bmm(",
     "fallback": "torch.ops.conv_rewrite.patch_conv.default(",
 }
 
@@ -70,9 +70,11 @@ def test_inductor_autotunes_the_unaligned_contiguous_conv(monkeypatch, no_induct
     # the conv itself and both exact forms were timed; the output code runs the fastest
     assert len(timings) == 1 and len(timings[0]) == 3
     winner = min(timings[0], key=timings[0].get).name
-    chosen = next(key for key in _MARKS if key in winner)
-    forward = codes[0]
-    assert _MARKS[chosen] in forward, (winner, forward)
+    chosen = next((key for key in _MARKS if key in winner), "patch_conv_linear_copy")
+    assert "patch_conv_linear_copy" in winner or chosen != "patch_conv_linear_copy", winner
+    # the compiled forward (not the candidates' benchmark modules, which run_and_get_code returns too)
+    [forward] = [code for code in codes if "_forward']" in code and "benchmark_conv_rewrite" not in code]
+    assert chosen not in _MARKS or _MARKS[chosen] in forward, (winner, forward)
     assert all(mark not in forward for key, mark in _MARKS.items() if key != chosen), (winner, forward)
 
     grads = torch.autograd.grad(out.sum(), [x, conv.weight, conv.bias])
