@@ -75,7 +75,9 @@ def convert_(
             continue
         decision = _decision(module, call, opts, filter_fn is None or bool(filter_fn(module, fqn)))
         if decision.rewrite:
-            setattr(module, _ATTR, replacement(call, AS_CONV))
+            # autotune: where a compile meets the forms the sizes do not rank, Inductor on CUDA times them against
+            # the conv; eager never meets them (it folds the bias whatever the alignment)
+            setattr(module, _ATTR, replacement(call, AS_CONV, autotune=True))
         elif _is_converted(module):
             delattr(module, _ATTR)
             decision = Decision(False, f"{decision.reason}; the earlier conversion was undone")

@@ -57,7 +57,8 @@ def patchify_conv(
     # A tracer's graph may reach Inductor, which pads GEMM buffers on CUDA; eager tensors meet no such compiler.
     traced = torch.compiler.is_compiling() or type(x) is not torch.Tensor
     form = contiguous_form(x.shape[0], length, patch, weight.shape[0], traced) if contiguous_output else FREE_VIEW
-    if autotune and should_autotune(x, form):
+    if autotune and should_autotune(x, weight, form):
+        register_autotuning()
         return patch_conv(x, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _PatchGemm.apply(x, weight, bias, form)
@@ -245,10 +246,11 @@ MEASURED_FORMS = (WEIGHT_MM_ADD, WEIGHT_BMM_ADD)
 AUTOTUNED_DEVICES = ("cuda",)
 
 
-def should_autotune(x: torch.Tensor, form: str) -> bool:
+def should_autotune(x: torch.Tensor, weight: torch.Tensor, form: str) -> bool:
     """Whether the exact ``form`` should be left to Inductor's autotuning, against the conv and the other exact form:
-    the one ``contiguous_form`` chose is not reliably faster than the conv, on a device where that was measured."""
-    return form in MEASURED_FORMS and x.device.type in AUTOTUNED_DEVICES
+    the one ``contiguous_form`` chose is not reliably faster than the conv, on a device where that was measured.
+    Not for DTensors: the op has no sharding rule."""
+    return form in MEASURED_FORMS and x.device.type in AUTOTUNED_DEVICES and not _is_dtensor(x, weight)
 
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -106,3 +106,35 @@ def test_static_choice_without_autotuning(inner, monkeypatch, no_inductor_cache)
         out, codes = run_and_get_code(torch.compile(conv, backend=conv_rewrite.backend()), x)
         assert "conv_rewrite.patch_conv" not in codes[0] and "extern_kernels.bmm(" in codes[0]
     torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_convert_then_inductor_autotunes_and_eager_convert_never_does(monkeypatch, no_inductor_cache):
+    """A converted module meets the unranked forms only when compiled: there Inductor times them against the conv."""
+    monkeypatch.setattr(patchify, "AUTOTUNED_DEVICES", ("cuda", "cpu"))
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 24, 2, stride=2)
+    x = torch.randn(2, 3, 14, 11, requires_grad=True)
+    ref = reference_conv(x.double(), conv.weight.double(), conv.bias.double())
+    conv_rewrite.convert_(conv, policy="always")
+
+    calls: list[int] = []
+    real_op = patchify.patch_conv
+    monkeypatch.setattr(patchify, "patch_conv", lambda *args: calls.append(1) or real_op(*args))
+    eager = conv(x)
+    assert not calls  # eager folds the bias into the GEMM whatever the alignment
+    torch.testing.assert_close(eager.double(), ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(patchify, "patch_conv", real_op)
+
+    timings: list[dict] = []
+    select_algorithm.add_feedback_saver(lambda t, name, *_: timings.append(t) if "patch_conv" in name else None)
+    try:
+        out = torch.compile(conv)(x)
+    finally:
+        select_algorithm.clear_feedback_savers()
+    assert len(timings) == 1 and len(timings[0]) == 3  # the conv and both exact forms
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert out.stride() == eager.stride() == _contiguous_strides(tuple(ref.shape))
+    grads = torch.autograd.grad(out.sum(), [x, conv.weight, conv.bias])
+    ref_grads = torch.autograd.grad(ref.sum(), [x, conv.weight, conv.bias])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
