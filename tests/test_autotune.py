@@ -138,3 +138,30 @@ def test_convert_then_inductor_autotunes_and_eager_convert_never_does(monkeypatc
     ref_grads = torch.autograd.grad(ref.sum(), [x, conv.weight, conv.bias])
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_symbolic_sizes_keep_the_static_form_and_compile_once(monkeypatch, no_inductor_cache):
+    """Inductor's autotuning times nothing for symbolic sizes (it would run the conv for every size): a dynamic compile
+    keeps the static form, exact over sizes of both parities, in one graph."""
+    monkeypatch.setattr(patchify, "AUTOTUNED_DEVICES", ("cuda", "cpu"))
+    torch.manual_seed(0)
+    conv = nn.Conv3d(4, 32, (1, 2, 2), stride=(1, 2, 2))
+    compiled = torch.compile(conv, backend=conv_rewrite.backend(policy="always"), dynamic=True)
+    torch._dynamo.utils.counters.clear()
+    timings: list[dict] = []
+    select_algorithm.add_feedback_saver(lambda t, name, *_: timings.append(t) if "patch_conv" in name else None)
+    for size in [(3, 8, 10), (5, 13, 14), (2, 6, 7)]:
+        x = torch.randn(1, 4, *size, requires_grad=True)
+        try:
+            out = compiled(x)
+        finally:
+            select_algorithm.clear_feedback_savers()
+        ref = reference_conv(x.double(), conv.weight.double(), conv.bias.double())
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+        assert out.stride() == conv(x).stride()
+        grads = torch.autograd.grad(out.sum(), [x, conv.weight, conv.bias])
+        ref_grads = torch.autograd.grad(ref.sum(), [x, conv.weight, conv.bias])
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not timings
