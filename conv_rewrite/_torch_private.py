@@ -394,3 +394,14 @@ def autotune_custom_op(op: Any, decompositions: tuple[Any, ...]) -> None:
     from torch._inductor.kernel.custom_op import CustomOpConfig, register_custom_op_autotuning
 
     register_custom_op_autotuning(op, configs=[CustomOpConfig(fn) for fn in decompositions])
+
+
+def inductor_aot_compiling() -> bool:
+    """Whether Inductor is compiling ahead of time (AOTInductor), whose package must run without this library.
+
+    ``torch._inductor.virtualized.V.aot_compilation``, set around the whole of ``compile_fx_aot`` (its graph passes
+    included): checked on 2.13; read with a default, so a torch without it counts as not AOT.
+    """
+    from torch._inductor.virtualized import V
+
+    return bool(getattr(V, "aot_compilation", False))

@@ -58,7 +58,7 @@ class ConvRewritePass(CustomGraphPass):
         if gm is None:
             return
         where = f"inductor pre-grad graph {next(_graph_ids)}"
-        with module_names(private.modules_being_called()), for_inductor():
+        with module_names(private.modules_being_called()), for_inductor(not private.inductor_aot_compiling()):
             report = rewrite_graph(gm, self.options, where=where)
         record(report, where)
 
@@ -122,7 +122,7 @@ class AtenConvRewritePass(CustomGraphPass):
         if gm is None or private.current_compile_id() in _PRE_GRAD_SEEN:
             return  # the pre-grad pass decided (and reported) every conv of this compile
         where = f"inductor post-grad graph {next(_graph_ids)}"
-        with module_names(private.modules_being_called()), for_inductor():
+        with module_names(private.modules_being_called()), for_inductor(not private.inductor_aot_compiling()):
             self.apply(gm, where=where)
 
     def apply(self, gm: torch.fx.GraphModule, where: str = "aten pass") -> Report:

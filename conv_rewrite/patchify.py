@@ -250,9 +250,12 @@ def should_autotune(x: torch.Tensor, weight: torch.Tensor, form: str) -> bool:
     """Whether the exact ``form`` should be left to Inductor's autotuning, against the conv and the other exact form:
     the one ``contiguous_form`` chose is not reliably faster than the conv, on a device where that was measured.
     Not for DTensors (the op has no sharding rule), nor for symbolic sizes: Inductor's autotuning would not time the
-    candidates there and would run the conv for every size."""
+    candidates there and would run the conv for every size.
+    An exported program keeps plain ATen ops (loadable where this library is not installed).
+    """
     static = all(isinstance(size, int) for size in x.shape)
-    return form in MEASURED_FORMS and static and x.device.type in AUTOTUNED_DEVICES and not _is_dtensor(x, weight)
+    measured = form in MEASURED_FORMS and x.device.type in AUTOTUNED_DEVICES
+    return measured and static and not torch.compiler.is_exporting() and not _is_dtensor(x, weight)
 
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -10,8 +10,10 @@ import torch.nn as nn
 from core_helpers import reference_conv
 from torch._inductor import select_algorithm
 from torch._inductor.utils import run_and_get_code
+from torch.fx.passes.shape_prop import ShapeProp
 
 import conv_rewrite
+import conv_rewrite.compile
 from conv_rewrite import patchify
 from conv_rewrite.patchify import AUTOTUNED_FORMS, WEIGHT_BMM_ADD, contiguous_form, patch_conv
 
@@ -165,3 +167,23 @@ def test_symbolic_sizes_keep_the_static_form_and_compile_once(monkeypatch, no_in
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert not timings
+
+
+def test_exported_programs_and_aot_compiles_keep_plain_aten_ops(monkeypatch):
+    """An exported program or an AOTInductor package must run where this library is not installed: no custom op."""
+    from torch._inductor.virtualized import V
+
+    monkeypatch.setattr(patchify, "AUTOTUNED_DEVICES", ("cuda", "cpu"))
+    conv = nn.Conv2d(3, 24, 2, stride=2)
+    x = torch.randn(2, 3, 14, 11)
+    conv_rewrite.convert_(conv, policy="always")
+    exported = torch.export.export(conv, (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert not any("conv_rewrite" in t or "convolution" in t for t in targets), targets
+    torch.testing.assert_close(exported.module()(x), conv(x), rtol=1e-5, atol=1e-5)
+
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 24, 2, stride=2)))
+    ShapeProp(gm).propagate(x)
+    with V.set_aot_compilation(True):
+        conv_rewrite.compile.ConvRewritePass(conv_rewrite.Options(policy="always"))(gm.graph)
+    assert "patchify_conv" in gm.code and "autotune" not in gm.code, gm.code
