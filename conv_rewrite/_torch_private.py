@@ -405,3 +405,14 @@ def inductor_aot_compiling() -> bool:
     from torch._inductor.virtualized import V
 
     return bool(getattr(V, "aot_compilation", False))
+
+
+def proxy_tracing() -> bool:
+    """Whether make_fx (torch.export, AOTAutograd, or a user's own call) is tracing the running code.
+
+    ``torch.fx.experimental.proxy_tensor.get_proxy_mode``: checked on 2.13, present on 2.11. Not for code that Dynamo
+    traces (ask ``torch.compiler.is_compiling()`` first).
+    """
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return get_proxy_mode() is not None

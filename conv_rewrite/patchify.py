@@ -58,7 +58,6 @@ def patchify_conv(
     traced = torch.compiler.is_compiling() or type(x) is not torch.Tensor
     form = contiguous_form(x.shape[0], length, patch, weight.shape[0], traced) if contiguous_output else FREE_VIEW
     if autotune and should_autotune(x, weight, form):
-        register_autotuning()
         return patch_conv(x, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _PatchGemm.apply(x, weight, bias, form)
@@ -119,7 +118,7 @@ def _patch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         else:
             y = torch.bmm(w.expand(batch, *w.shape), rows.transpose(1, 2))
         if not fold:  # a pointwise op writes the output: never a GEMM's buffer, which Inductor may pad
-            y = y + bias.view(-1, 1) if bias is not None else y.clone(memory_format=torch.contiguous_format)
+            y = y + bias.view(-1, 1).to(y.dtype) if bias is not None else y.clone(memory_format=torch.contiguous_format)
         return y.view(batch, w.shape[0], *out_sizes)
     y = F.linear(rows.reshape(-1, w.shape[1]), w, bias).view(batch, *out_sizes, w.shape[0])
     del rows  # in eager, the patch matrix is freed before the copy below: the peak holds one of them, not both
@@ -157,6 +156,17 @@ def _is_dtensor(*tensors: torch.Tensor) -> bool:
     return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
 
 
+def _function_kept() -> bool:
+    """Whether this autograd.Function stays one (its backward used): in eager, and in torch.compile's traces (Dynamo's
+    autograd-function op, AOTAutograd's joint graph). make_fx and torch.export inline its forward into a graph that
+    autograd later differentiates op by op: there a detach would cut the gradient."""
+    from ._torch_private import proxy_tracing
+
+    if torch.compiler.is_exporting():
+        return False
+    return torch.compiler.is_compiling() or not proxy_tracing()
+
+
 class _PatchGemm(torch.autograd.Function):
     """``_patch_gemm`` whose backward keeps ``x`` rather than the patch matrix, and rebuilds the patches when the
     weight's gradient needs them. The conv keeps its input for its backward too, so training holds no more memory
@@ -166,10 +176,11 @@ class _PatchGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: str) -> torch.Tensor:
+        y = _patch_gemm(x, weight, bias, form)
         # detach(): the same tensor, but not a view. Autograd forbids an in-place op on a view made inside a Function
         # (and on its views), where the conv's output allows it. Views made outside instead would be views of an
         # intermediate, which AOTAutograd regenerates with other strides for size-1 dims.
-        return _patch_gemm(x, weight, bias, form).detach()
+        return y.detach() if _function_kept() else y
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -251,11 +262,13 @@ def should_autotune(x: torch.Tensor, weight: torch.Tensor, form: str) -> bool:
     the one ``contiguous_form`` chose is not reliably faster than the conv, on a device where that was measured.
     Not for DTensors (the op has no sharding rule), nor for symbolic sizes: Inductor's autotuning would not time the
     candidates there and would run the conv for every size.
-    An exported program keeps plain ATen ops (loadable where this library is not installed).
+    An exported program keeps plain ATen ops (loadable where this library is not installed); under autocast the
+    static form runs (the op has no autocast rule, and autocast's dtype is the caller's choice).
     """
     static = all(isinstance(size, int) for size in x.shape)
     measured = form in MEASURED_FORMS and x.device.type in AUTOTUNED_DEVICES
-    return measured and static and not torch.compiler.is_exporting() and not _is_dtensor(x, weight)
+    plain = not torch.compiler.is_exporting() and not torch.is_autocast_enabled(x.device.type)
+    return measured and static and plain and not _is_dtensor(x, weight)
 
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -273,6 +286,9 @@ def patch_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
 
 @patch_conv.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # every graph that holds the op was traced through here, before Inductor lowers it; Dynamo runs fake kernels
+    # without tracing them, so the registration adds no graph break to a compiled caller
+    register_autotuning()
     n = weight.dim() - 2
     shape = (x.shape[0], weight.shape[0], *(x.shape[2 + i] // weight.shape[2 + i] for i in range(n)))
     return torch.empty(shape, dtype=x.dtype, device=x.device)

@@ -187,3 +187,39 @@ def test_exported_programs_and_aot_compiles_keep_plain_aten_ops(monkeypatch):
     with V.set_aot_compilation(True):
         conv_rewrite.compile.ConvRewritePass(conv_rewrite.Options(policy="always"))(gm.graph)
     assert "patchify_conv" in gm.code and "autotune" not in gm.code, gm.code
+
+
+def test_convert_then_fullgraph_compile_has_no_graph_break(monkeypatch, no_inductor_cache):
+    """The autotuning is registered where Dynamo does not trace (the op's fake kernel): no break, as plain compile."""
+    monkeypatch.setattr(patchify, "AUTOTUNED_DEVICES", ("cuda", "cpu"))
+    conv = nn.Conv2d(3, 24, 2, stride=2)
+    x = torch.randn(2, 3, 14, 11)
+    want = conv(x)
+    conv_rewrite.convert_(conv, policy="always")
+    torch._dynamo.utils.counters.clear()
+    got = torch.compile(conv, fullgraph=True)(x)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("entry", ["backend", "inductor_options", "convert_ + compile"])
+def test_autocast_output_dtype_is_the_convs(entry, bias, tuned, monkeypatch, no_inductor_cache):
+    if tuned:
+        monkeypatch.setattr(patchify, "AUTOTUNED_DEVICES", ("cuda", "cpu"))
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 24, 2, stride=2, bias=bias)  # O > K, L = 35: the bias-added form
+    x = torch.randn(2, 3, 14, 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = conv(x)
+        if entry == "backend":
+            compiled = torch.compile(conv, backend=conv_rewrite.backend(policy="always"))
+        elif entry == "inductor_options":
+            compiled = torch.compile(conv, options=conv_rewrite.inductor_options(policy="always"))
+        else:
+            conv_rewrite.convert_(conv, policy="always")
+            compiled = torch.compile(conv)
+        got = compiled(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)

@@ -618,3 +618,29 @@ def test_a_conv_that_was_never_converted_is_skipped_without_mention_of_an_undone
     reasons = {r.module: r.reason for r in report}
     assert reasons["patch"].endswith("the earlier conversion was undone")
     assert "undone" not in reasons["head"]
+
+
+@pytest.mark.parametrize("tracer", ["export", "make_fx"])
+def test_convert_then_export_or_make_fx_keeps_the_gradient(tracer: str):
+    """make_fx and torch.export inline the forward of the GEMM's autograd.Function: nothing in it may cut the grad."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 4, 2, stride=2).double()
+    converted = copy.deepcopy(conv)
+    conv_rewrite.convert_(converted, policy="always")
+    x = _randn(2, 8, 6, 6).requires_grad_()
+    if tracer == "export":
+        traced = torch.export.export(converted, (x,)).module()
+        params = list(traced.parameters())
+        run = traced
+    else:
+        params = [converted.weight, converted.bias]
+        gm = make_fx(lambda x, w, b: torch.func.functional_call(converted, {"weight": w, "bias": b}, (x,)))(x, *params)
+        run = lambda x: gm(x, *params)  # noqa: E731
+    got = run(x)
+    assert got.requires_grad
+    grads = torch.autograd.grad(got.square().sum(), [x, *params])
+    want = conv(x)
+    want_grads = torch.autograd.grad(want.square().sum(), [x, *conv.parameters()])
+    assert_same_result(got, want)
+    for g, w in zip(grads, want_grads):
+        assert_same_result(g, w, strides=False)
