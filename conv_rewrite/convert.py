@@ -6,9 +6,10 @@ For models that never reach a compiler: same module objects, parameters, state_d
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from .decide import Decision, decide
@@ -16,7 +17,7 @@ from .normalize import ConvCall, module_conv_call
 from .options import Options, make_options
 from .patchify import patchify_conv_like_conv
 from .record import record
-from .replace import AS_CONV, replacement
+from .replace import AS_CONV
 from .report import Report, ReportRow
 
 # nn.Conv1d/2d/3d.forward is ``self._conv_forward(input, self.weight, self.bias)``. Converting sets the instance
@@ -26,9 +27,45 @@ _ATTR = "_conv_forward"
 _WHERE = "convert_"
 
 
+# The converted conv is one operator whose only kernel is CompositeImplicitAutograd. Dynamo records a call of it as
+# it is, without tracing the Python inside, where it would see symbolic sizes as plain ints (and specialize them, or
+# break the graph); eager, AOTAutograd, make_fx and torch.export run that Python on the tensors they hold, SymInts
+# included, so each trace gets the plain torch ops of patchify_conv_like_conv and no custom op.
+_LIB = torch.library.Library("conv_rewrite", "FRAGMENT")
+_LIB.define("converted_conv(Tensor x, Tensor weight, Tensor? bias, SymInt[] padding, str padding_mode) -> Tensor")
+
+
+def _converted_conv_kernel(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: Sequence[int], padding_mode: str
+) -> torch.Tensor:
+    # autotune: where a compile meets the forms the sizes do not rank, Inductor on CUDA times them against the conv;
+    # eager never meets them (it folds the bias whatever the alignment)
+    return patchify_conv_like_conv(x, weight, bias, padding=tuple(padding), padding_mode=padding_mode, autotune=True)
+
+
+_LIB.impl("converted_conv", _converted_conv_kernel, "CompositeImplicitAutograd")
+
+
+def converted_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    padding: Sequence[int] = (),
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """A converted module's ``_conv_forward``: the conv with stride == kernel as ``patchify_conv_like_conv``."""
+    return torch.ops.conv_rewrite.converted_conv(x, weight, bias, list(padding), padding_mode)
+
+
+def _converted_forward(call: ConvCall) -> Callable[..., torch.Tensor]:
+    padding = (0,) * len(call.known_kernel) if isinstance(call.padding, str) else tuple(call.padding)
+    return functools.partial(converted_conv, padding=padding, padding_mode=call.padding_mode)
+
+
 def _is_converted(module: nn.Module) -> bool:
     fn = module.__dict__.get(_ATTR)
-    return fn is patchify_conv_like_conv or (isinstance(fn, functools.partial) and fn.func is patchify_conv_like_conv)
+    return isinstance(fn, functools.partial) and fn.func is converted_conv
 
 
 def _type_name(value: Any) -> str:
@@ -75,9 +112,7 @@ def convert_(
             continue
         decision = _decision(module, call, opts, filter_fn is None or bool(filter_fn(module, fqn)))
         if decision.rewrite:
-            # autotune: where a compile meets the forms the sizes do not rank, Inductor on CUDA times them against
-            # the conv; eager never meets them (it folds the bias whatever the alignment)
-            setattr(module, _ATTR, replacement(call, AS_CONV, autotune=True))
+            setattr(module, _ATTR, _converted_forward(call))
         elif _is_converted(module):
             delattr(module, _ATTR)
             decision = Decision(False, f"{decision.reason}; the earlier conversion was undone")

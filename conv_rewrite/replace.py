@@ -42,11 +42,11 @@ def for_inductor(inductor: bool = True) -> Iterator[None]:
         _FOR_INDUCTOR.reset(token)
 
 
-def replacement(call: ConvCall, layout: str, autotune: bool | None = None) -> Any:
+def replacement(call: ConvCall, layout: str) -> Any:
     """The pure function (operands x, weight[, bias]) that computes ``call`` with the given output ``layout``.
 
-    ``autotune``: where the fastest exact contiguous form is unknown from the sizes, leave the choice to Inductor's
-    autotuning (``patchify_conv(autotune=True)``); by default, inside ``for_inductor``.
+    Inside ``for_inductor``, where the fastest exact contiguous form is unknown from the sizes, the choice is left to
+    Inductor's autotuning (``patchify_conv(autotune=True)``).
     """
     padding = (0,) * len(call.known_kernel) if isinstance(call.padding, str) else call.padding
     if call.transposed:
@@ -54,7 +54,7 @@ def replacement(call: ConvCall, layout: str, autotune: bool | None = None) -> An
         return functools.partial(transpose_fn, padding=padding, output_padding=call.output_padding)
     padded = any(padding) or call.padding_mode != "zeros"
     kwargs: dict[str, Any] = {"padding": padding, "padding_mode": call.padding_mode} if padded else {}
-    if (_FOR_INDUCTOR.get() if autotune is None else autotune) and layout in (AS_CONV, CONTIGUOUS):
+    if _FOR_INDUCTOR.get() and layout in (AS_CONV, CONTIGUOUS):
         kwargs["autotune"] = True  # the layouts that may be contiguous
     if layout in (AS_CONV, CHANNELS_LAST):
         fn = patchify_conv_like_conv if layout == AS_CONV else patchify_conv_channels_last

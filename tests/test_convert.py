@@ -340,9 +340,11 @@ def test_hooks_registered_before_conversion_still_fire(model, x):
     torch._dynamo.reset()
     capture = Capture()
     torch.compile(model, backend=capture, fullgraph=True)(x)
-    subgraphs = [m for m in capture.graphs[0].modules() if isinstance(m, torch.fx.GraphModule)]
-    assert len(capture.graphs) == 1 and not any(graph_has_conv(g) for g in subgraphs)
-    assert sum(n.target in GEMMS for g in subgraphs for n in g.graph.nodes) >= 3
+    assert len(capture.graphs) == 1 and not graph_has_conv(capture.graphs[0])
+    assert sum(n.target in CONVERTED for n in capture.graphs[0].graph.nodes) == 2
+    torch._dynamo.reset()
+    [aten] = aten_forward_graphs(model, x)
+    assert not graph_has_conv(aten) and sum(n.target in ATEN_GEMMS for n in aten.graph.nodes) >= 3
     assert conv_count(model, x) == 0
 
 
@@ -466,6 +468,17 @@ def test_converting_twice_is_the_same_as_once(model, x):
 
 
 GEMMS = {F.linear, torch.matmul, torch.baddbmm, torch.addmm, torch.mm, torch.bmm}
+ATEN_GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+CONVERTED = {torch.ops.conv_rewrite.converted_conv, torch.ops.conv_rewrite.converted_conv.default}
+
+
+def aten_forward_graphs(model: nn.Module, x: torch.Tensor) -> list[torch.fx.GraphModule]:
+    """The ATen forward graphs AOTAutograd makes of ``model`` (Dynamo's graph decomposed, as Inductor receives it)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs: list[torch.fx.GraphModule] = []
+    torch.compile(model, backend=aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm) or gm), fullgraph=True)(x)
+    return graphs
 
 
 def test_dynamo_traces_a_converted_model_into_one_graph_without_a_conv(model, x):
@@ -481,9 +494,14 @@ def test_dynamo_traces_a_converted_model_into_one_graph_without_a_conv(model, x)
         got = torch.compile(model, backend=capture, fullgraph=True)(x)  # fullgraph: a graph break raises
     nodes = list(capture.graphs[0].graph.nodes)
     assert len(capture.graphs) == 1 and not graph_has_conv(capture.graphs[0])
-    assert sum(n.target in GEMMS for n in nodes) == 3  # patch, block.proj, head.proj
-    # each converted conv: the patch permute, and the permute of the free result before its copy to the conv's layout
-    assert sum(n.target == "permute" for n in nodes) == 4
+    # Dynamo records each converted conv as one op (it does not trace the Python inside, whose sizes it would see
+    # as plain ints); AOTAutograd decomposes it into the patchify GEMM
+    assert sum(n.target in CONVERTED for n in nodes) == 2  # patch, head.proj
+    torch._dynamo.reset()
+    with torch.no_grad():
+        [aten] = aten_forward_graphs(model, x)
+    assert not graph_has_conv(aten) and not any(n.target in CONVERTED for n in aten.graph.nodes)
+    assert sum(n.target in ATEN_GEMMS for n in aten.graph.nodes) == 3  # patch, block.proj, head.proj
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert layout(got) == layout(expected)
     x_cl = x.to(memory_format=torch.channels_last_3d)  # while tracing, the conv's layout comes from a rule: check it
@@ -621,3 +639,26 @@ def test_wan_transformer_converted_with_regionally_compiled_blocks():
         assert profiled_conv_count(model, *args) == 1
     assert [r.module for r in report.rewritten] == ["patch_embedding"] and not report.skipped
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_converted_model_under_dynamic_shapes_is_one_graph_without_breaks(channels_last):
+    """Dynamo sees sizes as plain ints in traced Python: the converted conv is one op it records without tracing."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 24, 2, stride=2).double()
+    converted = copy.deepcopy(conv)
+    convert_(converted, policy="always")
+    compiled = torch.compile(converted, dynamic=True, fullgraph=True, backend="aot_eager")
+    torch._dynamo.utils.counters.clear()
+    for size in [(14, 11), (15, 12), (9, 8), (6, 7)]:
+        x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+        if channels_last:
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        got, want = compiled(x), conv(x)
+        assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-10
+        assert got.stride() == want.stride()
+        grads = torch.autograd.grad(got.sum(), [x, converted.weight, converted.bias])
+        want_grads = torch.autograd.grad(want.sum(), [x, conv.weight, conv.bias])
+        assert all((g - w).abs().max().item() <= 1e-10 for g, w in zip(grads, want_grads))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
