@@ -55,6 +55,8 @@ def converted_conv(
     padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """A converted module's ``_conv_forward``: the conv with stride == kernel as ``patchify_conv_like_conv``."""
+    if torch.compiler.is_exporting():  # torch.export keeps such ops: its program must load without this library
+        return _converted_conv_kernel(x, weight, bias, padding, padding_mode)
     return torch.ops.conv_rewrite.converted_conv(x, weight, bias, list(padding), padding_mode)
 
 
