@@ -150,6 +150,32 @@ def _(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool
     return grad.new_empty((grad.shape[1], x.shape[1] * math.prod(kernel)))
 
 
+def _patch_weight_grad_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    grad, x, kernel, tokens_major = inputs
+    ctx.save_for_backward(grad, x)
+    ctx.kernel, ctx.tokens_major = kernel, tokens_major
+
+
+def _patch_weight_grad_backward(ctx: Any, grad_w: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """Double backward (gradient penalties, Hessian-vector products): the weight gradient is bilinear in ``grad``
+    and the patches of ``x``, so each gradient is one GEMM with ``grad_w``, in plain (again differentiable) ops."""
+    grad, x = ctx.saved_tensors
+    need_grad, need_x = ctx.needs_input_grad[:2]
+    batch, channels = x.shape[0], grad_w.shape[1]
+    d_grad = d_x = None
+    if need_grad:
+        rows = _patch_rows(x, ctx.kernel)  # (B, L, K)
+        d_grad = torch.matmul(rows, grad_w.t())  # (B, L, O)
+        d_grad = d_grad.reshape(grad.shape) if ctx.tokens_major else d_grad.transpose(1, 2)
+    if need_x:
+        g = grad if ctx.tokens_major else grad.transpose(1, 2).reshape(-1, grad.shape[1])  # (B*L, O)
+        d_x = _unpatch_rows(torch.mm(g, grad_w).view(batch, -1, channels), x.shape, ctx.kernel)
+    return d_grad, d_x, None, None
+
+
+_patch_weight_grad.register_autograd(_patch_weight_grad_backward, setup_context=_patch_weight_grad_setup)
+
+
 def _is_dtensor(*tensors: torch.Tensor) -> bool:
     """DTensor has no sharding rule for our op: its gradient is computed by plain ops (each with one)."""
     module = sys.modules.get("torch.distributed.tensor")
@@ -186,7 +212,20 @@ class _PatchGemm(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         x, weight, _, form = inputs
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
         ctx.form = form
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: Any, weight_t: Any, bias_t: Any, _: Any) -> torch.Tensor:
+        """Forward-mode AD: the conv is bilinear in (x, weight), plus the bias."""
+        x, weight = ctx.saved_tensors
+        out = _patch_gemm(x_t, weight, None, ctx.form) if x_t is not None else None
+        if weight_t is not None or bias_t is not None:
+            w_t = weight_t if weight_t is not None else torch.zeros_like(weight)
+            term = _patch_gemm(x, w_t, bias_t, ctx.form)
+            out = term if out is None else out + term
+        assert out is not None, "forward AD asks for a tangent only where an input has one"
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -200,6 +239,8 @@ def _patch_gemm_grads(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The gradients of (x, weight, bias) where ``needs`` says, from the output's ``grad`` and the saved ``x`` and
     ``weight``: the patches are rebuilt only for the weight's gradient. ``weight_major``: the GEMM wrote (B, O, L)."""
+    from ._torch_private import functorch_transforming
+
     need_x, need_w, need_b = needs
     batch, out_channels = x.shape[0], weight.shape[0]
     kernel = list(weight.shape[2:])
@@ -209,7 +250,8 @@ def _patch_gemm_grads(
     g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
     grad_x = grad_w = grad_b = None
     if need_w:
-        weight_grad = _weight_grad if _is_dtensor(g, x) else _patch_weight_grad
+        plain = _is_dtensor(g, x) or functorch_transforming()
+        weight_grad = _weight_grad if plain else _patch_weight_grad
         grad_w = weight_grad(g, x, kernel, not weight_major).view(weight.shape)
     if need_b:
         grad_b = g.sum((0, 2)) if weight_major else g.sum(0)

@@ -87,3 +87,48 @@ def test_without_rewrite_the_backward_holds_convolution_backward(no_inductor_cac
     recorder = RecordTargets()
     _check_grads(lambda m: torch.compile(m, options={"post_grad_custom_post_pass": recorder}))
     assert any(aten.convolution_backward.default in targets for targets in recorder.graphs)
+
+
+# -- higher-order derivatives of a converted conv: as the conv's (gradient penalties, Hessian-vector products) --------
+
+HIGHER_ORDER_CONVS = {
+    "free + copy": (lambda: nn.Conv2d(8, 4, 2, stride=2), (2, 8, 4, 4)),
+    "weight @ patches^T": (lambda: nn.Conv2d(3, 16, 2, stride=2), (2, 3, 8, 8)),
+    "linear, L = 1": (lambda: nn.Conv1d(3, 8, 2, stride=2), (3, 3, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HIGHER_ORDER_CONVS))
+def test_converted_conv_has_the_convs_higher_order_derivatives(case):
+    import copy
+
+    from torch.func import functional_call, grad, hessian, jvp
+
+    make, shape = HIGHER_ORDER_CONVS[case]
+    torch.manual_seed(0)
+    conv = make().double()
+    converted = copy.deepcopy(conv)
+    conv_rewrite.convert_(converted, policy="always")
+    x = torch.randn(*shape, dtype=torch.float64)
+
+    def derivatives(m: nn.Module) -> list[torch.Tensor]:
+        params = dict(m.named_parameters())
+        w_grad = torch.autograd.grad(m(x).sin().sum(), m.weight, create_graph=True)[0]
+        xr = x.clone().requires_grad_()
+        x_grad = torch.autograd.grad(m(xr).sin().sum(), xr, create_graph=True)[0]
+        with torch.autograd.forward_ad.dual_level():
+            dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+            forward_tangent = torch.autograd.forward_ad.unpack_dual(m(dual)).tangent
+        return [
+            torch.autograd.grad(w_grad.square().sum(), m.weight)[0],  # double backward through the weight gradient
+            torch.autograd.grad(x_grad.square().sum(), xr)[0],  # a gradient penalty on the input
+            grad(lambda p: functional_call(m, p, (x,)).sin().sum())(params)["weight"],
+            jvp(lambda w: functional_call(m, {**params, "weight": w}, (x,)), (m.weight,), (torch.ones_like(m.weight),))[
+                1
+            ],
+            forward_tangent,
+            hessian(lambda b: functional_call(m, {**params, "bias": b}, (x,)).sin().sum())(m.bias),
+        ]
+
+    for got, want in zip(derivatives(converted), derivatives(conv)):
+        assert (got - want).abs().max().item() <= 1e-10
