@@ -418,10 +418,10 @@ def proxy_tracing() -> bool:
     return get_proxy_mode() is not None
 
 
-def functorch_transforming() -> bool:
-    """Whether a torch.func transform (grad, vmap, jvp, ...) is running the code.
+def forward_ad_or_functorch() -> bool:
+    """Whether forward-mode AD (a dual level is open) or a torch.func transform (grad, vmap, jvp, ...) is running.
 
-    ``torch._C._functorch.peek_interpreter_stack``: checked on 2.13, present on 2.11. Custom ops with an autograd
-    formula, and autograd.Functions reached through a CompositeImplicitAutograd op, do not run under those transforms.
+    ``torch.autograd.forward_ad._current_level`` and ``torch._C._functorch.peek_interpreter_stack``: checked on
+    2.13, present on 2.11. Not for code that Dynamo traces (ask ``torch.compiler.is_dynamo_compiling()`` first).
     """
-    return torch._C._functorch.peek_interpreter_stack() is not None
+    return torch.autograd.forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import _torch_private as private
 from .decide import Decision, decide
 from .normalize import ConvCall, module_conv_call
 from .options import Options, make_options
@@ -56,9 +55,7 @@ def converted_conv(
     padding_mode: str = "zeros",
 ) -> torch.Tensor:
     """A converted module's ``_conv_forward``: the conv with stride == kernel as ``patchify_conv_like_conv``."""
-    # torch.export keeps such ops, and its program must load without this library; torch.func transforms cannot run
-    # an autograd.Function reached through one
-    if torch.compiler.is_exporting() or private.functorch_transforming():
+    if torch.compiler.is_exporting():  # torch.export keeps such ops: its program must load without this library
         return _converted_conv_kernel(x, weight, bias, padding, padding_mode)
     return torch.ops.conv_rewrite.converted_conv(x, weight, bias, list(padding), padding_mode)
 

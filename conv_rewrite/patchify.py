@@ -60,7 +60,8 @@ def patchify_conv(
     if autotune and should_autotune(x, weight, form):
         return patch_conv(x, weight, bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return _PatchGemm.apply(x, weight, bias, form)
+        if not _plain_autograd():
+            return _PatchGemm.apply(x, weight, bias, form)
     return _patch_gemm(x, weight, bias, form)
 
 
@@ -182,6 +183,14 @@ def _is_dtensor(*tensors: torch.Tensor) -> bool:
     return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
 
 
+def _plain_autograd() -> bool:
+    """Whether forward-mode AD or a torch.func transform runs: there the plain ops' own derivative formulas serve
+    (the Function, which only saves memory in reverse mode, has no jvp: Dynamo cannot trace a Function with one)."""
+    from ._torch_private import forward_ad_or_functorch
+
+    return not torch.compiler.is_dynamo_compiling() and forward_ad_or_functorch()
+
+
 def _function_kept() -> bool:
     """Whether this autograd.Function stays one (its backward used): in eager, and in torch.compile's traces (Dynamo's
     autograd-function op, AOTAutograd's joint graph). make_fx and torch.export inline its forward into a graph that
@@ -212,20 +221,7 @@ class _PatchGemm(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         x, weight, _, form = inputs
         ctx.save_for_backward(x, weight)
-        ctx.save_for_forward(x, weight)
         ctx.form = form
-
-    @staticmethod
-    def jvp(ctx: Any, x_t: Any, weight_t: Any, bias_t: Any, _: Any) -> torch.Tensor:
-        """Forward-mode AD: the conv is bilinear in (x, weight), plus the bias."""
-        x, weight = ctx.saved_tensors
-        out = _patch_gemm(x_t, weight, None, ctx.form) if x_t is not None else None
-        if weight_t is not None or bias_t is not None:
-            w_t = weight_t if weight_t is not None else torch.zeros_like(weight)
-            term = _patch_gemm(x, w_t, bias_t, ctx.form)
-            out = term if out is None else out + term
-        assert out is not None, "forward AD asks for a tangent only where an input has one"
-        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -239,8 +235,6 @@ def _patch_gemm_grads(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The gradients of (x, weight, bias) where ``needs`` says, from the output's ``grad`` and the saved ``x`` and
     ``weight``: the patches are rebuilt only for the weight's gradient. ``weight_major``: the GEMM wrote (B, O, L)."""
-    from ._torch_private import functorch_transforming
-
     need_x, need_w, need_b = needs
     batch, out_channels = x.shape[0], weight.shape[0]
     kernel = list(weight.shape[2:])
@@ -250,8 +244,7 @@ def _patch_gemm_grads(
     g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
     grad_x = grad_w = grad_b = None
     if need_w:
-        plain = _is_dtensor(g, x) or functorch_transforming()
-        weight_grad = _weight_grad if plain else _patch_weight_grad
+        weight_grad = _weight_grad if _is_dtensor(g, x) else _patch_weight_grad
         grad_w = weight_grad(g, x, kernel, not weight_major).view(weight.shape)
     if need_b:
         grad_b = g.sum((0, 2)) if weight_major else g.sum(0)
