@@ -31,7 +31,11 @@ import conv_rewrite
 import conv_rewrite.compile
 from conv_rewrite import patchify_conv
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+# Inductor's caches skip the passes on a hit, and with them the reports these tests read
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
+    pytest.mark.usefixtures("no_inductor_cache"),
+]
 
 FP64 = torch.float64
 
