@@ -78,36 +78,53 @@ def conv_returns_channels_last(
     """Whether a stride == kernel conv of ``x`` returns the channels-last layout (1-d: (B, O, L) with O innermost).
 
     ATen decides (``torch._C._select_conv_backend``, ``torch._C._conv_determine_backend_memory_format``: same
-    signatures on 2.11 and 2.13; ATen runs a 1-d conv as a 2-d one). While Dynamo traces, they cannot see the traced
-    tensors: on the CPU with static sizes ATen is asked at trace time on empty tensors of the same sizes, strides and
-    dtype (``torch.compiler.assume_constant_result``; Dynamo's guards on the input's strides keep it valid); elsewhere
-    the rule of cuDNN and oneDNN holds: a channels-last input or weight gives a channels-last output.
+    signatures on 2.11 and 2.13; ATen runs a 1-d conv as a 2-d one), and is asked: on eager tensors, and on the fake
+    tensors of make_fx, AOTAutograd and torch.export, as the conv's own fake kernel asks it (symbolic sizes too, with
+    the guards the conv itself adds). While Dynamo traces (strict torch.export, a compiled caller of the patchify
+    functions) it cannot see the tensors: on the CPU with static sizes ATen is asked at trace time on empty tensors of
+    the same sizes, strides and dtype (marked ``torch.compiler.assume_constant_result``; guards on the input's strides
+    keep it valid); elsewhere the rule of cuDNN and oneDNN holds: a channels-last input or weight gives channels-last.
     """
+    if not torch.compiler.is_dynamo_compiling():
+        return _ask_aten(x, weight, bias, transposed)
+    if x.device.type == "cpu" and static_sizes([s for t in (x, weight) for s in (*t.shape, *t.stride())]):
+        return _cpu_conv_layout_at_trace_time(
+            tuple(x.shape), tuple(x.stride()), tuple(weight.shape), tuple(weight.stride()), x.dtype, transposed
+        )
     dims = weight.dim() - 2
-    if torch.compiler.is_compiling():
-        static = all(isinstance(s, int) for t in (x, weight) for s in (*t.shape, *t.stride()))
-        if x.device.type == "cpu" and static:
-            return _cpu_conv_layout_at_trace_time(
-                tuple(x.shape), tuple(x.stride()), tuple(weight.shape), tuple(weight.stride()), x.dtype, transposed
-            )
-        fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
-        weight_2d = weight.unsqueeze(2) if dims == 1 else weight
-        inputs = (weight_2d,) if dims == 1 else (x, weight)
-        return any(t.is_contiguous(memory_format=fmt) and not t.is_contiguous() for t in inputs)
-    return _ask_aten(x, weight, bias, transposed)
+    fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
+    weight_2d = weight.unsqueeze(2) if dims == 1 else weight
+    inputs = (weight_2d,) if dims == 1 else (x, weight)
+    return any(t.is_contiguous(memory_format=fmt) and not t.is_contiguous() for t in inputs)
 
 
 def _ask_aten(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> bool:
+    """ATen's choice for these tensors, outside any proxy tracing (``disable_proxy_modes_tracing``, same on 2.11 and
+    2.13): the views made to ask it must not become nodes of a traced program."""
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
     dims = weight.dim() - 2
-    weight_2d = weight.unsqueeze(2) if dims == 1 else weight
     zeros = [0] * dims
     kernel = list(weight.shape[2:])
-    backend = torch._C._select_conv_backend(x, weight, bias, kernel, zeros, [1] * dims, transposed, zeros, 1)
-    x_2d = x
-    if dims == 1:
-        x_2d = x.unsqueeze(-2) if x.is_contiguous() else torch.empty(x.shape[:-1] + (1, x.shape[-1]), device="meta")
-    fmt = torch._C._conv_determine_backend_memory_format(x_2d, weight_2d, backend)
+    with disable_proxy_modes_tracing():
+        backend = torch._C._select_conv_backend(x, weight, bias, kernel, zeros, [1] * dims, transposed, zeros, 1)
+        x_2d, weight_2d = x, weight
+        if dims == 1:  # as ATen views a 1-d conv's contiguous input (a meta stand-in spares an eager copy)
+            x_2d = x.unsqueeze(2) if x.is_contiguous() else torch.empty((*x.shape[:2], 1, x.shape[2]), device="meta")
+            weight_2d = weight.unsqueeze(2)
+        fmt = torch._C._conv_determine_backend_memory_format(x_2d, weight_2d, backend)
     return fmt in (torch.channels_last, torch.channels_last_3d)
+
+
+def static_sizes(sizes: Any) -> bool:
+    """Whether every size is known, without a guard. Dynamo passes a symbolic size off as an int (``isinstance`` and
+    ``type`` say int while it traces); ``has_static_value`` (torch.fx.experimental.symbolic_shapes, public, checked
+    on 2.11 and 2.13, which Dynamo evaluates on the size itself) tells them apart there."""
+    if not torch.compiler.is_dynamo_compiling():
+        return all(isinstance(s, int) for s in sizes)
+    from torch.fx.experimental.symbolic_shapes import has_static_value
+
+    return all(has_static_value(s) for s in sizes)
 
 
 def _constant_for_dynamo(fn: Any) -> Any:
@@ -126,10 +143,14 @@ def _cpu_conv_layout_at_trace_time(
     dtype: torch.dtype,
     transposed: bool,
 ) -> bool:
-    """``_ask_aten`` on real, never-written CPU tensors of these sizes (uncommitted memory), outside the fake mode."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    """``_ask_aten`` on real, never-written CPU tensors of these sizes (uncommitted memory), outside the fake mode and
+    any proxy tracing (non-strict torch.export traces here: the tensors would become dead nodes of its program).
 
-    with unset_fake_temporarily():
+    ``unset_fake_temporarily``, ``disable_proxy_modes_tracing``: same on 2.11 and 2.13."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+    with unset_fake_temporarily(), disable_proxy_modes_tracing():
         x = torch.empty_strided(shape, stride, dtype=dtype)
         weight = torch.empty_strided(weight_shape, weight_stride, dtype=dtype)
         return _ask_aten(x, weight, None, transposed)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ._torch_private import static_sizes
+
 
 def patchify_conv(
     x: torch.Tensor,
@@ -70,7 +72,7 @@ def _patch_rows(x: torch.Tensor, kernel: Sequence[Any]) -> torch.Tensor:
     n = len(kernel)
     batch, channels = x.shape[0], x.shape[1]
     out_sizes = [x.shape[2 + i] // kernel[i] for i in range(n)]
-    if all(isinstance(s, int) for s in x.shape):
+    if static_sizes(x.shape):
         split_shape = [batch, channels]
         for i in range(n):
             x = x.narrow(2 + i, 0, out_sizes[i] * kernel[i])
@@ -110,6 +112,12 @@ def _patch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     w = weight.reshape(weight.shape[0], -1)
     if form == LINEAR_VIEW:
         return F.linear(rows.reshape(batch, w.shape[1]), w, bias).view(batch, w.shape[0], *out_sizes)
+    if form == WEIGHT_MM_ALL_ADD:
+        y = torch.mm(w, rows.reshape(-1, w.shape[1]).transpose(0, 1))  # (O, B*L): one GEMM over every sample
+        y = y.view(w.shape[0], batch, -1).transpose(0, 1)
+        y = y + bias.view(-1, 1).to(y.dtype) if bias is not None else y
+        # one pointwise pass (Inductor fuses the add into it) writes the contiguous output
+        return y.clone(memory_format=torch.contiguous_format).view(batch, w.shape[0], *out_sizes)
     if form in WEIGHT_FORMS:
         fold = form in (WEIGHT_MM, WEIGHT_BMM)
         if bias is not None and fold:
@@ -184,21 +192,23 @@ def _is_dtensor(*tensors: torch.Tensor) -> bool:
 
 
 def _plain_autograd() -> bool:
-    """Whether forward-mode AD or a torch.func transform runs: there the plain ops' own derivative formulas serve
-    (the Function, which only saves memory in reverse mode, has no jvp: Dynamo cannot trace a Function with one)."""
+    """Whether the plain ops' own derivative formulas serve, not the Function (which only saves memory in reverse
+    mode): under torch.export, whose program autograd later differentiates op by op (strict export would trace the
+    Function's forward under no_grad and drop its backward), and where forward-mode AD or a torch.func transform runs
+    (the Function has no jvp: Dynamo cannot trace a Function with one)."""
     from ._torch_private import forward_ad_or_functorch
 
+    if torch.compiler.is_exporting():
+        return True
     return not torch.compiler.is_dynamo_compiling() and forward_ad_or_functorch()
 
 
 def _function_kept() -> bool:
     """Whether this autograd.Function stays one (its backward used): in eager, and in torch.compile's traces (Dynamo's
-    autograd-function op, AOTAutograd's joint graph). make_fx and torch.export inline its forward into a graph that
-    autograd later differentiates op by op: there a detach would cut the gradient."""
+    autograd-function op, AOTAutograd's joint graph). make_fx inlines its forward into a graph that autograd later
+    differentiates op by op: there a detach would cut the gradient."""
     from ._torch_private import proxy_tracing
 
-    if torch.compiler.is_exporting():
-        return False
     return torch.compiler.is_compiling() or not proxy_tracing()
 
 
@@ -258,7 +268,8 @@ def _patch_gemm_grads(
 FREE_VIEW, FREE_CLONE, LINEAR_VIEW = "free view", "free + copy", "linear"
 WEIGHT_MM, WEIGHT_BMM = "weight @ rows^T", "batched weight @ rows^T"  # the bias folded into the GEMM
 WEIGHT_MM_ADD, WEIGHT_BMM_ADD = "weight @ rows^T, + bias", "batched weight @ rows^T, + bias"  # a pointwise op writes
-WEIGHT_FORMS = (WEIGHT_MM, WEIGHT_BMM, WEIGHT_MM_ADD, WEIGHT_BMM_ADD)
+WEIGHT_MM_ALL_ADD = "weight @ every sample's rows^T, + bias"  # one 2-d GEMM, (O, B*L), permuted by the pointwise op
+WEIGHT_FORMS = (WEIGHT_MM, WEIGHT_BMM, WEIGHT_MM_ADD, WEIGHT_BMM_ADD, WEIGHT_MM_ALL_ADD)
 
 
 def contiguous_form(batch: Any, length: Any, patch: int, out_channels: int, padded_buffers: bool = True) -> str:
@@ -300,7 +311,7 @@ def should_autotune(x: torch.Tensor, weight: torch.Tensor, form: str) -> bool:
     An exported program keeps plain ATen ops (loadable where this library is not installed); under autocast the
     static form runs (the op has no autocast rule, and autocast's dtype is the caller's choice).
     """
-    static = all(isinstance(size, int) for size in x.shape)
+    static = static_sizes(x.shape)
     measured = form in MEASURED_FORMS and x.device.type in AUTOTUNED_DEVICES
     plain = not torch.compiler.is_exporting() and not torch.is_autocast_enabled(x.device.type)
     return measured and static and plain and not _is_dtensor(x, weight)
@@ -348,13 +359,22 @@ def patch_conv_weight_gemm_add(x: torch.Tensor, weight: torch.Tensor, bias: torc
     return _patch_gemm(x, weight, bias, WEIGHT_MM_ADD if _is_one(x.shape[0]) else WEIGHT_BMM_ADD)
 
 
+def patch_conv_weight_mm_over_samples_add(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``patch_conv`` as one 2-d GEMM of the weight with the patches of every sample, (O, B*L), then the bias added by
+    the pointwise op that permutes it into the contiguous output (H200, CogVideoX: 0.106 ms where bmm + add took
+    0.120, bench/NOTES.md)."""
+    return _patch_gemm(x, weight, bias, WEIGHT_MM_ALL_ADD)
+
+
 def patch_conv_linear_copy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``patch_conv`` as patches @ weight^T + bias (one linear), then one copy into the contiguous layout."""
     return _patch_gemm(x, weight, bias, FREE_CLONE)
 
 
 # The exact forms Inductor times against the conv (``patch_conv``'s own implementation, its fallback choice).
-AUTOTUNED_FORMS = (patch_conv_weight_gemm_add, patch_conv_linear_copy)
+AUTOTUNED_FORMS = (patch_conv_weight_gemm_add, patch_conv_weight_mm_over_samples_add, patch_conv_linear_copy)
 
 
 def register_autotuning() -> None:
@@ -365,21 +385,31 @@ def register_autotuning() -> None:
     autotune_custom_op(patch_conv, AUTOTUNED_FORMS)
 
 
+def _known(condition: Any) -> bool:
+    """Whether ``condition`` (on sizes) holds whatever values its symbolic sizes take, decided without a guard; also
+    while Dynamo traces, where a symbolic size passes for an int (``statically_known_true`` sees through that)."""
+    if not torch.compiler.is_dynamo_compiling() and isinstance(condition, bool):
+        return condition
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return statically_known_true(condition)
+
+
 def _is_multiple_of_8(size: Any) -> bool:
-    return isinstance(size, int) and size % 8 == 0
+    return _known(size % 8 == 0)
 
 
 def _merge(t: torch.Tensor, shape: tuple[Any, ...]) -> torch.Tensor:
     """``t.reshape(shape)`` without a guard: with symbolic sizes, whether reshape could view depends on the sizes
     (a guard per parity); a copy then a view of the copy decides nothing. The copy is the one reshape makes anyway
     wherever the permute moved data, which it does for every kernel larger than 1."""
-    if all(isinstance(s, int) for s in (*t.shape, *t.stride())):
+    if static_sizes((*t.shape, *t.stride())):
         return t.reshape(shape)
     return t.clone(memory_format=torch.contiguous_format).view(shape)
 
 
 def _is_one(size: Any) -> bool:
-    return isinstance(size, int) and size == 1
+    return _known(size == 1)
 
 
 def _shape_error(message: str) -> ValueError:
@@ -404,11 +434,11 @@ def _check_operands(x: Any, weight: Any, bias: Any) -> int:
             f"x must be (B, C, S1..S{n}) or unbatched (C, S1..S{n}) for a {n}-d weight, got shape {tuple(x.shape)}"
         )
     channels = x.shape[0 if x.dim() == n + 1 else 1]
-    if isinstance(channels, int) and isinstance(weight.shape[1], int) and channels != weight.shape[1]:
+    if _known(channels != weight.shape[1]):
         raise _shape_error(
             f"x has {channels} channels but weight {tuple(weight.shape)} expects {weight.shape[1]} (dim 1)"
         )
-    if bias is not None and (bias.dim() != 1 or (isinstance(bias.shape[0], int) and bias.shape[0] != weight.shape[0])):
+    if bias is not None and (bias.dim() != 1 or _known(bias.shape[0] != weight.shape[0])):
         raise _shape_error(
             f"bias must be ({weight.shape[0]},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}"
         )

@@ -45,7 +45,8 @@ def test_patch_conv_opcheck_and_forms(x_shape, w_shape, bias):
 # What each candidate leaves in Inductor's output code (the fallback is an extern call of the op itself); the linear
 # form's GEMM may be an addmm or a template on the CPU, so it is recognised by the absence of the others.
 _MARKS = {
-    "patch_conv_weight_gemm_add": "bmm(",
+    "patch_conv_weight_gemm_add": "extern_kernels.bmm(",
+    "patch_conv_weight_mm_over_samples_add": "extern_kernels.mm(",  # the linear form (with a bias) is an addmm
     "fallback": "torch.ops.conv_rewrite.patch_conv.default(",
 }
 
@@ -69,8 +70,8 @@ def test_inductor_autotunes_the_unaligned_contiguous_conv(monkeypatch, no_induct
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     assert out.stride() == conv(x).stride() == _contiguous_strides(tuple(ref.shape))
 
-    # the conv itself and both exact forms were timed; the output code runs the fastest
-    assert len(timings) == 1 and len(timings[0]) == 3
+    # the conv itself and every exact form were timed; the output code runs the fastest
+    assert len(timings) == 1 and len(timings[0]) == 1 + len(AUTOTUNED_FORMS)
     winner = min(timings[0], key=timings[0].get).name
     chosen = next((key for key in _MARKS if key in winner), "patch_conv_linear_copy")
     assert "patch_conv_linear_copy" in winner or chosen != "patch_conv_linear_copy", winner
@@ -133,7 +134,7 @@ def test_convert_then_inductor_autotunes_and_eager_convert_never_does(monkeypatc
         out = torch.compile(conv)(x)
     finally:
         select_algorithm.clear_feedback_savers()
-    assert len(timings) == 1 and len(timings[0]) == 3  # the conv and both exact forms
+    assert len(timings) == 1 and len(timings[0]) == 1 + len(AUTOTUNED_FORMS)  # the conv and every exact form
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     assert out.stride() == eager.stride() == _contiguous_strides(tuple(ref.shape))
     grads = torch.autograd.grad(out.sum(), [x, conv.weight, conv.bias])

@@ -2,6 +2,7 @@
 import, the user's own Inductor passes kept, one report row per conv and compile, reports per thread, full module
 paths, and no guard of the rewrite's own."""
 
+import functools
 import json
 import os
 import re
@@ -334,7 +335,9 @@ def test_a_lazy_conv_is_never_reported_with_k_zero():
 # -- no guard of the rewrite's own -----------------------------------------------------------------------------------
 
 
-def _graphs_over_parities(inner) -> int:
+def _graphs_over_parities(inner, forward=None) -> int:
+    """Graphs compiled for a stride-2 conv (``forward(conv, x)``, by default the module) over heights and widths of
+    both parities under dynamic=True; each result is checked against the conv, strides included."""
     conv = nn.Conv2d(3, 4, 2, stride=2)
     graphs = 0
 
@@ -344,14 +347,31 @@ def _graphs_over_parities(inner) -> int:
         return inner(gm, example_inputs, **kwargs)
 
     torch._dynamo.reset()
-    compiled = torch.compile(conv, backend=counting, dynamic=True)
+    compiled = torch.compile(functools.partial(forward, conv) if forward else conv, backend=counting, dynamic=True)
     for height in (8, 9, 10, 11):
         for width in (8, 9, 10, 11):
             x = torch.randn(1, 3, height, width)
-            torch.testing.assert_close(compiled(x), conv(x), atol=1e-5, rtol=1e-5)
+            got, expected = compiled(x), conv(x)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            assert forward is None or got.stride() == expected.stride()
     return graphs
 
 
 def test_dynamic_sizes_of_both_parities_compile_no_more_graphs_than_plain_torch_compile():
     plain = _graphs_over_parities(lambda gm, example_inputs, **kwargs: gm.forward)
     assert _graphs_over_parities(conv_rewrite.backend(inner="eager")) <= plain
+
+
+def test_the_patchify_functions_add_no_guard_in_a_compiled_caller():
+    """Dynamo passes a symbolic size off as an int: the functions must not take it for one (a guard per parity)."""
+    from conv_rewrite.patchify import patchify_conv_like_conv
+
+    def plain(gm, example_inputs, **kwargs):
+        return gm.forward
+
+    expected = _graphs_over_parities(plain, lambda conv, x: conv(x))
+    like_conv = _graphs_over_parities(plain, lambda conv, x: patchify_conv_like_conv(x, conv.weight, conv.bias))
+    contiguous = _graphs_over_parities(
+        plain, lambda conv, x: conv_rewrite.patchify_conv(x, conv.weight, conv.bias, contiguous_output=True)
+    )
+    assert like_conv <= expected and contiguous <= expected

@@ -575,16 +575,45 @@ def test_regional_compile_of_a_submodule(model, x):
     assert profiled_conv_count(model, x) == 0
 
 
-def test_torch_export_of_a_converted_model(model, x):
+@pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
+def test_torch_export_of_a_converted_model(model, x, strict):
     reference = copy.deepcopy(model)
-    expected = model(x)
+    expected = reference(x)
     convert_(model)
     batch = torch.export.Dim("batch", min=1, max=16)
-    ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
-    assert not any("convolution" in str(n.target) for n in ep.graph.nodes)
-    torch.testing.assert_close(ep.module()(x), expected, atol=1e-5, rtol=1e-5)
+    ep = torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=strict)
+    calls = [n for n in ep.graph.nodes if n.op == "call_function"]
+    assert not any("convolution" in str(n.target) for n in calls)
+    assert all(n.users for n in calls), "the program holds dead nodes"
+    exported = ep.module()
+    got = exported(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # the program is differentiable op by op: its parameters get the conv's gradients
+    got.square().sum().backward()
+    expected.square().sum().backward()
+    grads = {name: p.grad for name, p in exported.named_parameters()}
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, atol=1e-4, rtol=1e-4, msg=name)
     x3 = torch.randn(3, *x.shape[1:])
-    torch.testing.assert_close(ep.module()(x3), reference(x3), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(exported(x3), reference(x3), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("strict", "dynamic"), [(False, False), (False, True), (True, False)], ids=["static", "dynamic_batch", "strict"]
+)
+def test_exported_converted_conv_returns_the_convs_strides(strict, dynamic):
+    """ATen's CPU conv returns a channels_last_3d float64 input's result contiguous (its slow 3-d path): the exported
+    program must too, with a static or a symbolic batch (ATen asked on export's fake tensors), and where Dynamo traced
+    the conversion (strict, static sizes: ATen asked at trace time). Strict with symbolic sizes follows the rule of
+    cuDNN and oneDNN (``conv_returns_channels_last``), which this layout does not obey."""
+    conv = nn.Conv3d(8, 4, (1, 2, 2), stride=(1, 2, 2)).double()
+    x = torch.randn(2, 8, 4, 16, 16, dtype=torch.float64).to(memory_format=torch.channels_last_3d)
+    expected = conv(x)
+    convert_(conv, policy="always")
+    shapes = ({0: torch.export.Dim("batch", min=2, max=8)},) if dynamic else None
+    got = torch.export.export(conv, (x,), dynamic_shapes=shapes, strict=strict).module()(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert got.stride() == expected.stride()
 
 
 def test_bad_input():
