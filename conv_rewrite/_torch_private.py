@@ -127,6 +127,17 @@ def static_sizes(sizes: Any) -> bool:
     return all(has_static_value(s) for s in sizes)
 
 
+def size_oblivious() -> Any:
+    """A context in which fake tensors decide the checks on symbolic sizes (a view's contiguity, a size of 1) for
+    the general case instead of adding a guard: ``torch.fx.experimental._config.backed_size_oblivious``, checked on
+    2.11 and 2.13. Not while Dynamo traces (it cannot enter this context); there it is a no-op."""
+    if torch.compiler.is_dynamo_compiling():
+        return contextlib.nullcontext()
+    from torch.fx.experimental import _config
+
+    return _config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
+
+
 def _constant_for_dynamo(fn: Any) -> Any:
     """``torch.compiler.assume_constant_result`` without importing Dynamo: the decorator only sets
     ``fn._dynamo_marked_constant`` (``torch._dynamo.decorators``, same on 2.11 and 2.13)."""

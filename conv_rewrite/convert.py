@@ -6,7 +6,9 @@ For models that never reach a compiler: same module objects, parameters, state_d
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,8 +33,13 @@ _WHERE = "convert_"
 # it is, without tracing the Python inside, where it would see symbolic sizes as plain ints (and specialize them, or
 # break the graph); eager, AOTAutograd, make_fx and torch.export run that Python on the tensors they hold, SymInts
 # included, so each trace gets the plain torch ops of patchify_conv_like_conv and no custom op.
+# A call carries ``_SOURCE``, a hash of this package's code: caches keyed on the graph that holds the call
+# (AOTAutograd's, which accepts any operator) then never serve a program traced by another version of its Python.
 _LIB = torch.library.Library("conv_rewrite", "FRAGMENT")
-_LIB.define("converted_conv(Tensor x, Tensor weight, Tensor? bias, SymInt[] padding, str padding_mode) -> Tensor")
+_LIB.define(
+    "converted_conv(Tensor x, Tensor weight, Tensor? bias, SymInt[] padding, str padding_mode, str source) -> Tensor"
+)
+_SOURCE = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()[:16]
 
 
 def _converted_conv_kernel(
@@ -43,7 +50,18 @@ def _converted_conv_kernel(
     return patchify_conv_like_conv(x, weight, bias, padding=tuple(padding), padding_mode=padding_mode, autotune=True)
 
 
-_LIB.impl("converted_conv", _converted_conv_kernel, "CompositeImplicitAutograd")
+def _op_kernel(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    padding: Sequence[int],
+    padding_mode: str,
+    source: str,
+) -> torch.Tensor:
+    return _converted_conv_kernel(x, weight, bias, padding, padding_mode)
+
+
+_LIB.impl("converted_conv", _op_kernel, "CompositeImplicitAutograd")
 
 
 def converted_conv(
@@ -54,10 +72,20 @@ def converted_conv(
     padding: Sequence[int] = (),
     padding_mode: str = "zeros",
 ) -> torch.Tensor:
-    """A converted module's ``_conv_forward``: the conv with stride == kernel as ``patchify_conv_like_conv``."""
-    if torch.compiler.is_exporting():  # torch.export keeps such ops: its program must load without this library
+    """A converted module's ``_conv_forward``: the conv with stride == kernel as ``patchify_conv_like_conv``.
+
+    The plain ops run directly under torch.export (it keeps such ops: its program must load without this library)
+    and under torch.func transforms and forward-mode AD (the op has no batching rule: vmap would run it per sample).
+    """
+    if torch.compiler.is_exporting() or _transformed():
         return _converted_conv_kernel(x, weight, bias, padding, padding_mode)
-    return torch.ops.conv_rewrite.converted_conv(x, weight, bias, list(padding), padding_mode)
+    return torch.ops.conv_rewrite.converted_conv(x, weight, bias, list(padding), padding_mode, _SOURCE)
+
+
+def _transformed() -> bool:
+    from ._torch_private import forward_ad_or_functorch
+
+    return not torch.compiler.is_dynamo_compiling() and forward_ad_or_functorch()
 
 
 def _converted_forward(call: ConvCall) -> Callable[..., torch.Tensor]:

@@ -61,34 +61,50 @@ def patchify_conv(
     form = contiguous_form(x.shape[0], length, patch, weight.shape[0], traced) if contiguous_output else FREE_VIEW
     if autotune and should_autotune(x, weight, form):
         return patch_conv(x, weight, bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        if not _plain_autograd():
-            return _PatchGemm.apply(x, weight, bias, form)
-    return _patch_gemm(x, weight, bias, form)
+    eager, plain = _eager(), _plain_autograd()
+    reverse = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if reverse and not plain:
+        if eager:
+            return _PatchGemm.apply(x, weight, bias, form, True)
+        return _as_output(_PatchGemm.apply(x, weight, bias, form, False), x.shape, weight, form)
+    y = _patch_gemm(x, weight, bias, form)
+    # where no derivative flows, detach(): the same tensor, not a view (the conv's output is none: in-place ops after
+    # no_grad and detach_() on it must work)
+    return y.detach() if eager and not reverse and not plain else y
 
 
 def _patch_rows(x: torch.Tensor, kernel: Sequence[Any]) -> torch.Tensor:
     """The patch matrix (B, L, C*k1*..*kN) of ``x`` (B, C, S1..SN); the trailing S_i % k_i elements are dropped."""
+    if not static_sizes((*x.shape, *x.stride())):
+        return _symbolic_patch_rows(x, kernel)
     n = len(kernel)
     batch, channels = x.shape[0], x.shape[1]
     out_sizes = [x.shape[2 + i] // kernel[i] for i in range(n)]
-    if static_sizes(x.shape):
-        split_shape = [batch, channels]
-        for i in range(n):
-            x = x.narrow(2 + i, 0, out_sizes[i] * kernel[i])
-            split_shape += [out_sizes[i], kernel[i]]
-        x = x.view(split_shape)  # (B, C, o1, k1, .., oN, kN)
-        out_dims = [2 + 2 * i for i in range(n)]
-        kernel_dims = [3 + 2 * i for i in range(n)]
-    else:
-        # unfold computes the windows' sizes and strides by arithmetic alone: with symbolic sizes, narrow + view
-        # would ask whether each size is a multiple of its kernel (a guard, and a graph, per parity)
+    split_shape = [batch, channels]
+    for i in range(n):
+        x = x.narrow(2 + i, 0, out_sizes[i] * kernel[i])
+        split_shape += [out_sizes[i], kernel[i]]
+    x = x.view(split_shape)  # (B, C, o1, k1, .., oN, kN)
+    x = x.permute(0, *range(2, 2 + 2 * n, 2), 1, *range(3, 3 + 2 * n, 2))
+    return x.reshape(batch, math.prod(out_sizes), channels * math.prod(kernel))
+
+
+def _symbolic_patch_rows(x: torch.Tensor, kernel: Sequence[Any]) -> torch.Tensor:
+    """``_patch_rows`` for symbolic sizes, with no guard. unfold computes the windows' sizes and strides by arithmetic
+    alone (narrow + view would ask whether each size is a multiple of its kernel); a copy then a view of the copy
+    decides nothing (reshape would ask whether it can view). Fake tensors still decide whether each view is
+    contiguous (for a 1-d conv: whether L is a multiple of k): ``size_oblivious`` keeps that from becoming a guard,
+    which would be a graph per parity, or an exported program that fails on every other length."""
+    from ._torch_private import size_oblivious
+
+    n = len(kernel)
+    batch, channels = x.shape[0], x.shape[1]
+    length = math.prod([x.shape[2 + i] // kernel[i] for i in range(n)])
+    with size_oblivious():
         for i in range(n):
             x = x.unfold(2 + i, kernel[i], kernel[i])  # (B, C, o1, .., oN, k1, .., kN)
-        out_dims = [2 + i for i in range(n)]
-        kernel_dims = [2 + n + i for i in range(n)]
-    shape = (batch, math.prod(out_sizes), channels * math.prod(kernel))
-    return _merge(x.permute(0, *out_dims, 1, *kernel_dims), shape)
+        x = x.permute(0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
+        return x.clone(memory_format=torch.contiguous_format).view(batch, length, channels * math.prod(kernel))
 
 
 def _unpatch_rows(grad_rows: torch.Tensor, x_shape: Sequence[Any], kernel: Sequence[Any]) -> torch.Tensor:
@@ -100,40 +116,61 @@ def _unpatch_rows(grad_rows: torch.Tensor, x_shape: Sequence[Any], kernel: Seque
     interleaved = [d for i in range(n) for d in (1 + i, n + 2 + i)]
     g = g.permute(0, n + 1, *interleaved).reshape(batch, channels, *(o * k for o, k in zip(out_sizes, kernel)))
     crop = [p for i in reversed(range(n)) for p in (0, x_shape[2 + i] - out_sizes[i] * kernel[i])]
-    return F.pad(g, crop) if any(not isinstance(c, int) or c for c in crop) else g
+    return g if all(_known(c == 0) for c in crop) else F.pad(g, crop)
 
 
 def _patch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: str) -> torch.Tensor:
     """The conv of the (padded, batched) ``x`` as one GEMM over its patches, in the given form."""
+    return _as_output(_gemm_result(x, weight, bias, form), x.shape, weight, form)
+
+
+def _gemm_result(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: str) -> torch.Tensor:
+    """The tensor the form computes, before the views that make it (B, O, o1..oN): (B*L, O) for the free view,
+    (B, O) for the linear form, (B, O, L) (or (O, L) for one sample) for the weight-major forms, the output itself
+    for free + copy."""
     n = weight.dim() - 2
     batch = x.shape[0]
-    out_sizes = [x.shape[2 + i] // weight.shape[2 + i] for i in range(n)]
     rows = _patch_rows(x, weight.shape[2:])
     w = weight.reshape(weight.shape[0], -1)
     if form == LINEAR_VIEW:
-        return F.linear(rows.reshape(batch, w.shape[1]), w, bias).view(batch, w.shape[0], *out_sizes)
+        return F.linear(rows.reshape(batch, w.shape[1]), w, bias)
     if form == WEIGHT_MM_ALL_ADD:
         y = torch.mm(w, rows.reshape(-1, w.shape[1]).transpose(0, 1))  # (O, B*L): one GEMM over every sample
         y = y.view(w.shape[0], batch, -1).transpose(0, 1)
         y = y + bias.view(-1, 1).to(y.dtype) if bias is not None else y
         # one pointwise pass (Inductor fuses the add into it) writes the contiguous output
-        return y.clone(memory_format=torch.contiguous_format).view(batch, w.shape[0], *out_sizes)
+        return y.clone(memory_format=torch.contiguous_format)
     if form in WEIGHT_FORMS:
         fold = form in (WEIGHT_MM, WEIGHT_BMM)
         if bias is not None and fold:
             rows, w = _fold_bias(rows, w, bias)
         if form in (WEIGHT_MM, WEIGHT_MM_ADD):
-            y = torch.mm(w, rows[0].transpose(0, 1)).unsqueeze(0)
+            y = torch.mm(w, rows[0].transpose(0, 1))
         else:
             y = torch.bmm(w.expand(batch, *w.shape), rows.transpose(1, 2))
         if not fold:  # a pointwise op writes the output: never a GEMM's buffer, which Inductor may pad
             y = y + bias.view(-1, 1).to(y.dtype) if bias is not None else y.clone(memory_format=torch.contiguous_format)
-        return y.view(batch, w.shape[0], *out_sizes)
-    y = F.linear(rows.reshape(-1, w.shape[1]), w, bias).view(batch, *out_sizes, w.shape[0])
+        return y
+    y = F.linear(rows.reshape(-1, w.shape[1]), w, bias)
+    if form == FREE_VIEW:
+        return y
     del rows  # in eager, the patch matrix is freed before the copy below: the peak holds one of them, not both
-    y = y.permute(0, n + 1, *range(1, n + 1))
+    out_sizes = [x.shape[2 + i] // weight.shape[2 + i] for i in range(n)]
+    y = y.view(batch, *out_sizes, w.shape[0]).permute(0, n + 1, *range(1, n + 1))
     # clone, not contiguous(): canonical strides for size-1 dims too (as the conv has them), and no size guards
-    return y.clone(memory_format=torch.contiguous_format) if form == FREE_CLONE else y
+    return y.clone(memory_format=torch.contiguous_format)
+
+
+def _as_output(y: torch.Tensor, x_shape: Sequence[Any], weight: torch.Tensor, form: str) -> torch.Tensor:
+    """``_gemm_result``'s tensor (or its gradient) viewed as the conv's (B, O, o1..oN) output of an ``x`` of sizes
+    ``x_shape`` (no data moves)."""
+    n = weight.dim() - 2
+    out_sizes = [x_shape[2 + i] // weight.shape[2 + i] for i in range(n)]
+    if form == FREE_VIEW:
+        return y.view(x_shape[0], *out_sizes, weight.shape[0]).permute(0, n + 1, *range(1, n + 1))
+    if form == FREE_CLONE:
+        return y
+    return y.view(x_shape[0], weight.shape[0], *out_sizes)
 
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool) -> torch.Tensor:
@@ -203,55 +240,76 @@ def _plain_autograd() -> bool:
     return not torch.compiler.is_dynamo_compiling() and forward_ad_or_functorch()
 
 
-def _function_kept() -> bool:
-    """Whether this autograd.Function stays one (its backward used): in eager, and in torch.compile's traces (Dynamo's
-    autograd-function op, AOTAutograd's joint graph). make_fx inlines its forward into a graph that autograd later
-    differentiates op by op: there a detach would cut the gradient."""
+def _eager() -> bool:
+    """Whether this runs eagerly: not in a torch.compile trace (Dynamo's, AOTAutograd's) nor a make_fx trace."""
     from ._torch_private import proxy_tracing
 
-    return torch.compiler.is_compiling() or not proxy_tracing()
+    return not torch.compiler.is_compiling() and not proxy_tracing()
 
 
 class _PatchGemm(torch.autograd.Function):
     """``_patch_gemm`` whose backward keeps ``x`` rather than the patch matrix, and rebuilds the patches when the
     weight's gradient needs them. The conv keeps its input for its backward too, so training holds no more memory
-    than the conv: autograd would otherwise keep the patch matrix, an input-sized copy (VideoMAE: 3x the conv's)."""
+    than the conv: autograd would otherwise keep the patch matrix, an input-sized copy (VideoMAE: 3x the conv's).
+
+    Its output is never a view made inside it: autograd forbids in-place ops on such views (the conv's output allows
+    them). ``eager``: the output, detached (the same tensor, not a view); traced: the GEMM's own result, which the
+    caller views as the output, so that every alias of the output a compiled graph returns stays differentiable
+    (AOTAutograd rebuilds a returned alias from its base: a detached base would cut its gradient)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: str) -> torch.Tensor:
-        y = _patch_gemm(x, weight, bias, form)
-        # detach(): the same tensor, but not a view. Autograd forbids an in-place op on a view made inside a Function
-        # (and on its views), where the conv's output allows it. Views made outside instead would be views of an
-        # intermediate, which AOTAutograd regenerates with other strides for size-1 dims.
-        return y.detach() if _function_kept() else y
+    def forward(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, form: str, eager: bool
+    ) -> torch.Tensor:
+        if eager:
+            return _patch_gemm(x, weight, bias, form).detach()
+        return _gemm_result(x, weight, bias, form)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        x, weight, _, form = inputs
+        x, weight, _, form, eager = inputs
         ctx.save_for_backward(x, weight)
-        ctx.form = form
+        # sizes kept as values: read off a saved tensor in the backward, a data-dependent size (x[:n.item()]) makes
+        # AOTAutograd's partitioner fail (torch 2.13)
+        ctx.x_shape, ctx.form, ctx.eager = tuple(x.shape), form, eager
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        return (*_patch_gemm_grads(grad, x, weight, needs, weight_major=ctx.form in WEIGHT_FORMS), None)
+        if not ctx.eager:  # the gradient of the GEMM's result: viewed as the output's, as the caller viewed it
+            grad = _as_output(grad, ctx.x_shape, weight, ctx.form)
+        grads = _patch_gemm_grads(grad, x, weight, needs, ctx.form in WEIGHT_FORMS, ctx.x_shape)
+        return (*grads, None, None)
 
 
 def _patch_gemm_grads(
-    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs: Sequence[bool], weight_major: bool
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    needs: Sequence[bool],
+    weight_major: bool,
+    x_shape: Sequence[Any],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """The gradients of (x, weight, bias) where ``needs`` says, from the output's ``grad`` and the saved ``x`` and
-    ``weight``: the patches are rebuilt only for the weight's gradient. ``weight_major``: the GEMM wrote (B, O, L)."""
+    """The gradients of (x, weight, bias) where ``needs`` says, from the output's ``grad`` (or that of the GEMM's
+    result) and the saved ``x`` (of sizes ``x_shape``) and ``weight``: the patches are rebuilt only for the weight's
+    gradient. ``weight_major``: the GEMM wrote (B, O, L). Under autocast the forward's GEMM ran in ``grad``'s dtype:
+    so do these (autograd casts each gradient back to its input's dtype), as the conv's backward does."""
     need_x, need_w, need_b = needs
-    batch, out_channels = x.shape[0], weight.shape[0]
+    batch, out_channels = x_shape[0], weight.shape[0]
+    x, weight = x.to(grad.dtype), weight.to(grad.dtype)
     kernel = list(weight.shape[2:])
     w = weight.reshape(out_channels, -1)
     patch = w.shape[1]
+    # every size from x_shape, none read off grad (its sizes may be other symbols, equal only at run time)
+    length = math.prod([x_shape[2 + i] // k for i, k in enumerate(kernel)])
     # (B, O, L) as the weight-major forms wrote it; else (B*L, O), free of copies for the free view
-    g = grad.reshape(batch, out_channels, -1) if weight_major else grad.movedim(1, -1).reshape(-1, out_channels)
+    if weight_major:
+        g = grad.reshape(batch, out_channels, length)
+    else:
+        g = grad.movedim(1, -1).reshape(batch * length, out_channels)
     grad_x = grad_w = grad_b = None
     if need_w:
         weight_grad = _weight_grad if _is_dtensor(g, x) else _patch_weight_grad
@@ -259,8 +317,8 @@ def _patch_gemm_grads(
     if need_b:
         grad_b = g.sum((0, 2)) if weight_major else g.sum(0)
     if need_x:
-        rows = torch.matmul(w.t(), g).transpose(1, 2) if weight_major else torch.mm(g, w).view(batch, -1, patch)
-        grad_x = _unpatch_rows(rows, x.shape, kernel)
+        rows = torch.matmul(w.t(), g).transpose(1, 2) if weight_major else torch.mm(g, w).view(batch, length, patch)
+        grad_x = _unpatch_rows(rows, x_shape, kernel)
     return grad_x, grad_w, grad_b
 
 
@@ -343,11 +401,12 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch
 def _patch_conv_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
     x, weight, _ = inputs
     ctx.save_for_backward(x, weight)  # as _PatchGemm: x, not the patches, is kept for the backward
+    ctx.x_shape = tuple(x.shape)
 
 
 def _patch_conv_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     x, weight = ctx.saved_tensors
-    return _patch_gemm_grads(grad, x, weight, ctx.needs_input_grad, weight_major=True)
+    return _patch_gemm_grads(grad, x, weight, ctx.needs_input_grad, True, ctx.x_shape)
 
 
 patch_conv.register_autograd(_patch_conv_backward, setup_context=_patch_conv_setup)
@@ -397,15 +456,6 @@ def _known(condition: Any) -> bool:
 
 def _is_multiple_of_8(size: Any) -> bool:
     return _known(size % 8 == 0)
-
-
-def _merge(t: torch.Tensor, shape: tuple[Any, ...]) -> torch.Tensor:
-    """``t.reshape(shape)`` without a guard: with symbolic sizes, whether reshape could view depends on the sizes
-    (a guard per parity); a copy then a view of the copy decides nothing. The copy is the one reshape makes anyway
-    wherever the permute moved data, which it does for every kernel larger than 1."""
-    if static_sizes((*t.shape, *t.stride())):
-        return t.reshape(shape)
-    return t.clone(memory_format=torch.contiguous_format).view(shape)
 
 
 def _is_one(size: Any) -> bool:
@@ -512,8 +562,13 @@ def patchify_conv_like_conv(
             x.unsqueeze(0), weight, bias, padding=padding, padding_mode=padding_mode, autotune=autotune
         ).squeeze(0)
     x = _pad(x, _check_padding(padding, padding_mode, weight.dim() - 2), padding_mode)
-    contiguous = not conv_returns_channels_last(x, weight, bias, False)
-    return patchify_conv(x, weight, bias, contiguous_output=contiguous, autotune=autotune)
+    if not conv_returns_channels_last(x, weight, bias, False):
+        return patchify_conv(x, weight, bias, contiguous_output=True, autotune=autotune)
+    sizes = [x.shape[0], weight.shape[0], *[x.shape[2 + i] // weight.shape[2 + i] for i in range(weight.dim() - 2)]]
+    if not _eager() and any(_is_one(size) for size in sizes):
+        # a traced graph may return the result: AOTAutograd restrides the size-1 dims of a returned view
+        return patchify_conv_channels_last(x, weight, bias)
+    return patchify_conv(x, weight, bias)
 
 
 def patchify_conv_channels_last(

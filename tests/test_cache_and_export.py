@@ -103,3 +103,30 @@ def test_aoti_compile_and_package_loads_and_matches(tmp_path, no_inductor_cache)
     assert [r.module for r in report.rewritten] == ["0"]
     loaded = torch._inductor.aoti_load_package(path)
     torch.testing.assert_close(loaded(*inputs), model(*inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_a_cached_compile_of_a_converted_model_is_not_served_to_another_version(tmp_path, monkeypatch):
+    """AOTAutograd's cache keys on the Dynamo graph, which holds the converted conv as one op whose decomposition is
+    this package's Python: the op's call carries a hash of that code, so a changed library misses the cache."""
+    from torch._dynamo.utils import counters
+
+    import conv_rewrite.convert
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", raising=False)
+    conv = torch.nn.Conv2d(3, 8, 2, stride=2)
+    conv_rewrite.convert_(conv, policy="always")
+    x = torch.randn(2, 3, 8, 8)
+
+    def compile_and_count() -> dict:
+        torch._dynamo.reset()
+        counters.clear()
+        torch.compile(conv)(x).sum().backward()
+        return dict(counters["aot_autograd"])
+
+    with torch._inductor.config.patch(force_disable_caches=False, fx_graph_cache=True):
+        assert compile_and_count().get("autograd_cache_miss", 0) == 1
+        assert compile_and_count().get("autograd_cache_hit", 0) == 1  # the same code: served from the cache
+        monkeypatch.setattr(conv_rewrite.convert, "_SOURCE", "another version")
+        changed = compile_and_count()
+    assert changed.get("autograd_cache_miss", 0) == 1 and not changed.get("autograd_cache_hit", 0)

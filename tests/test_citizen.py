@@ -375,3 +375,33 @@ def test_the_patchify_functions_add_no_guard_in_a_compiled_caller():
         plain, lambda conv, x: conv_rewrite.patchify_conv(x, conv.weight, conv.bias, contiguous_output=True)
     )
     assert like_conv <= expected and contiguous <= expected
+
+
+def _frames_over_lengths(forward) -> int:
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(forward, backend=counter, dynamic=True)
+    for length in (9, 10, 12, 13, 14, 15):
+        x = torch.randn(2, 3, length, requires_grad=True)
+        compiled(x).sum().backward()
+    return counter.frame_count
+
+
+def test_a_conv1d_of_dynamic_length_compiles_no_more_frames_than_the_conv():
+    """Lengths of every remainder modulo the kernel: converted, and patchify_conv called directly (its backward
+    traced by Dynamo), padded or not."""
+    import torch._dynamo.testing
+
+    torch.manual_seed(0)
+    conv = nn.Conv1d(3, 8, 3, stride=3, padding=1, padding_mode="reflect")
+    expected = _frames_over_lengths(lambda x: conv(x))
+    converted = nn.Conv1d(3, 8, 3, stride=3)
+    conv_rewrite.convert_(converted, policy="always")
+    plain = nn.Conv1d(3, 8, 3, stride=3)
+    assert _frames_over_lengths(lambda x: converted(x)) <= _frames_over_lengths(lambda x: plain(x))
+    direct = _frames_over_lengths(
+        lambda x: conv_rewrite.patchify_conv(
+            x, conv.weight, conv.bias, contiguous_output=True, padding=1, padding_mode="reflect"
+        )
+    )
+    assert direct <= expected

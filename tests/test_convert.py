@@ -691,3 +691,34 @@ def test_converted_model_under_dynamic_shapes_is_one_graph_without_breaks(channe
         assert all((g - w).abs().max().item() <= 1e-10 for g, w in zip(grads, want_grads))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert not torch._dynamo.utils.counters["graph_break"]
+
+
+@pytest.mark.parametrize("padding", [0, 1], ids=["unpadded", "padded"])
+def test_exported_conv1d_of_dynamic_length_runs_at_every_length(padding):
+    """A symbolic length: the program must not guard on its remainder modulo the kernel (the plain conv's does not)."""
+    torch.manual_seed(0)
+    conv = nn.Conv1d(3, 8, 3, stride=3, padding=padding, padding_mode="reflect" if padding else "zeros")
+    reference = copy.deepcopy(conv)
+    convert_(conv, policy="always")
+    program = torch.export.export(conv, (torch.randn(2, 3, 10),), dynamic_shapes=({2: torch.export.Dim.AUTO},))
+    for length in (9, 10, 11, 12, 30):
+        x = torch.randn(2, 3, length)
+        torch.testing.assert_close(program.module()(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_vmap_over_a_converted_module_calls_it_once(monkeypatch):
+    """torch.func.vmap runs the plain ops once over the whole batch (the op has no batching rule: vmap would run it
+    once per sample)."""
+    import conv_rewrite.convert
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 2, stride=2)
+    reference = copy.deepcopy(conv)
+    convert_(conv, policy="always")
+    x = torch.randn(16, 2, 3, 8, 8)
+    calls = []
+    kernel = conv_rewrite.convert._converted_conv_kernel
+    monkeypatch.setattr(conv_rewrite.convert, "_converted_conv_kernel", lambda *a: calls.append(1) or kernel(*a))
+    got = torch.func.vmap(conv)(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(got, torch.func.vmap(reference)(x), atol=1e-5, rtol=1e-5)

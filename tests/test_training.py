@@ -130,5 +130,105 @@ def test_converted_conv_has_the_convs_higher_order_derivatives(case):
             hessian(lambda b: functional_call(m, {**params, "bias": b}, (x,)).sin().sum())(m.bias),
         ]
 
-    for got, want in zip(derivatives(converted), derivatives(conv)):
+    for i, (got, want) in enumerate(zip(derivatives(converted), derivatives(conv))):
+        assert (got - want).abs().max().item() <= 1e-10, i
+
+
+def _rewritten_entries(conv: nn.Module) -> dict:
+    """The ways a conv reaches training with the rewrite: a converted copy (eager, compiled) and the backend."""
+    import copy
+
+    converted = copy.deepcopy(conv)
+    conv_rewrite.convert_(converted, policy="always")
+    backend = conv_rewrite.backend(inner="aot_eager", policy="always")
+    return {
+        "convert_": (converted, lambda fn: fn),
+        "convert_-aot_eager": (converted, lambda fn: torch.compile(fn, backend="aot_eager")),
+        "convert_-inductor": (converted, lambda fn: torch.compile(fn, backend="inductor")),
+        "backend": (copy.deepcopy(conv), lambda fn: torch.compile(fn, backend=backend)),
+    }
+
+
+@pytest.mark.parametrize("entry", ["convert_", "convert_-aot_eager", "convert_-inductor", "backend"])
+def test_every_returned_alias_of_the_output_carries_its_gradient(entry, no_inductor_cache):
+    """A graph returning the conv's output and a view of it: both are differentiable, and the view's share of the
+    loss reaches the weight (AOTAutograd rebuilds a returned alias from its base: the base must not be detached)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 24, 2, stride=2).double()
+    x = torch.randn(2, 3, 14, 11, dtype=torch.float64)
+    module, wrap = _rewritten_entries(conv)[entry]
+    torch._dynamo.reset()
+
+    def loss(m, compile_fn):
+        y, tokens = compile_fn(lambda t: (lambda y: (y, y.flatten(2)))(m(t)))(x)
+        assert y.requires_grad and tokens.requires_grad
+        return torch.autograd.grad(y.sum() + tokens.square().sum(), m.weight)[0]
+
+    assert (loss(module, wrap) - loss(conv, lambda fn: fn)).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("entry", ["convert_", "convert_-aot_eager", "backend"])
+@pytest.mark.parametrize("out_channels", [24, 4], ids=["weight_major", "tokens_major"])
+def test_training_under_autocast_has_the_convs_dtypes_and_gradients(entry, out_channels):
+    """Under autocast the GEMMs run in bf16, the saved input and weight are fp32: the backward casts as the conv's."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, out_channels, 2, stride=2)
+    x = torch.randn(2, 3, 14, 11, requires_grad=True)
+    module, wrap = _rewritten_entries(conv)[entry]
+    torch._dynamo.reset()
+
+    def grads(m, compile_fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = compile_fn(m)(x)
+        assert y.dtype == torch.bfloat16
+        return torch.autograd.grad(y.float().square().sum(), [x, m.weight, m.bias])
+
+    for got, want in zip(grads(module, wrap), grads(conv, lambda fn: fn)):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=0.5, rtol=2e-2)  # bf16 products, summed in other orders
+
+
+@pytest.mark.parametrize(
+    ("out_channels", "memory_format"),
+    [(16, torch.contiguous_format), (8, torch.channels_last)],
+    ids=["weight_major", "free_view"],
+)
+def test_eager_output_without_grad_is_no_view(out_channels, memory_format):
+    """As the conv's: no view, so in-place ops after no_grad and detach_() work on it."""
+    conv = nn.Conv2d(3, out_channels, 2, stride=2)
+    converted = _rewritten_entries(conv)["convert_"][0]
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=memory_format)
+    for m in (conv, converted):
+        with torch.no_grad():
+            y = m(x)
+        assert not y._is_view()
+        y.mul_(2)
+        y.detach_()
+        conv.requires_grad_(False)
+        converted.requires_grad_(False)
+        assert not m(x)._is_view()
+
+
+@pytest.mark.parametrize("entry", ["convert_-aot_eager", "backend"])
+def test_a_data_dependent_batch_compiles_and_trains(entry, monkeypatch):
+    """x[:n.item()]: the backward reads no size off its tensors (a data-dependent size there fails AOTAutograd's
+    partitioner, torch 2.13)."""
+    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 2, stride=2).double()
+    module, wrap = _rewritten_entries(conv)[entry]
+    x, n = torch.randn(4, 3, 8, 8, dtype=torch.float64, requires_grad=True), torch.tensor(3)
+    torch._dynamo.reset()
+
+    def grads(m, compile_fn):
+        def head(t, k):
+            k = k.item()
+            torch._check(k >= 1)
+            torch._check(k <= t.shape[0])
+            return m(t[:k])
+
+        y = compile_fn(head)(x, n)
+        return [y, *torch.autograd.grad(y.square().sum(), [x, m.weight, m.bias])]
+
+    for got, want in zip(grads(module, wrap), grads(conv, lambda fn: fn)):
         assert (got - want).abs().max().item() <= 1e-10
