@@ -107,14 +107,21 @@ def _symbolic_patch_rows(x: torch.Tensor, kernel: Sequence[Any]) -> torch.Tensor
         return x.clone(memory_format=torch.contiguous_format).view(batch, length, channels * math.prod(kernel))
 
 
-def _unpatch_rows(grad_rows: torch.Tensor, x_shape: Sequence[Any], kernel: Sequence[Any]) -> torch.Tensor:
-    """The gradient of ``x`` from that of its patch matrix: ``_patch_rows`` undone, zeros where nothing was read."""
+def _unpatch_rows(
+    grad_rows: torch.Tensor, x_shape: Sequence[Any], kernel: Sequence[Any], channels_last: bool = False
+) -> torch.Tensor:
+    """The gradient of ``x`` from that of its patch matrix: ``_patch_rows`` undone, zeros where nothing was read;
+    written channels-last where ``channels_last`` (one copy either way)."""
     n = len(kernel)
     batch, channels = x_shape[0], x_shape[1]
     out_sizes = [x_shape[2 + i] // kernel[i] for i in range(n)]
     g = grad_rows.reshape(batch, *out_sizes, channels, *kernel)
     interleaved = [d for i in range(n) for d in (1 + i, n + 2 + i)]
-    g = g.permute(0, n + 1, *interleaved).reshape(batch, channels, *(o * k for o, k in zip(out_sizes, kernel)))
+    spatial = [o * k for o, k in zip(out_sizes, kernel)]
+    if channels_last:
+        g = g.permute(0, *interleaved, n + 1).reshape(batch, *spatial, channels).movedim(-1, 1)
+    else:
+        g = g.permute(0, n + 1, *interleaved).reshape(batch, channels, *spatial)
     crop = [p for i in reversed(range(n)) for p in (0, x_shape[2 + i] - out_sizes[i] * kernel[i])]
     return g if all(_known(c == 0) for c in crop) else F.pad(g, crop)
 
@@ -274,6 +281,8 @@ class _PatchGemm(torch.autograd.Function):
         # sizes kept as values: read off a saved tensor in the backward, a data-dependent size (x[:n.item()]) makes
         # AOTAutograd's partitioner fail (torch 2.13)
         ctx.x_shape, ctx.form, ctx.eager = tuple(x.shape), form, eager
+        # the conv's gradients take its output's layout: channels-last where a channels-last input gave one
+        ctx.channels_last = form == FREE_VIEW and _channels_last_strided(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -281,7 +290,7 @@ class _PatchGemm(torch.autograd.Function):
         needs = ctx.needs_input_grad[:3]
         if not ctx.eager:  # the gradient of the GEMM's result: viewed as the output's, as the caller viewed it
             grad = _as_output(grad, ctx.x_shape, weight, ctx.form)
-        grads = _patch_gemm_grads(grad, x, weight, needs, ctx.form in WEIGHT_FORMS, ctx.x_shape)
+        grads = _patch_gemm_grads(grad, x, weight, needs, ctx.form in WEIGHT_FORMS, ctx.x_shape, ctx.channels_last)
         return (*grads, None, None)
 
 
@@ -292,10 +301,12 @@ def _patch_gemm_grads(
     needs: Sequence[bool],
     weight_major: bool,
     x_shape: Sequence[Any],
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The gradients of (x, weight, bias) where ``needs`` says, from the output's ``grad`` (or that of the GEMM's
     result) and the saved ``x`` (of sizes ``x_shape``) and ``weight``: the patches are rebuilt only for the weight's
-    gradient. ``weight_major``: the GEMM wrote (B, O, L). Under autocast the forward's GEMM ran in ``grad``'s dtype:
+    gradient. ``weight_major``: the GEMM wrote (B, O, L); ``channels_last``: the gradients of ``x`` and the weight are
+    channels-last, as the conv's are where its output is. Under autocast the forward's GEMM ran in ``grad``'s dtype:
     so do these (autograd casts each gradient back to its input's dtype), as the conv's backward does."""
     need_x, need_w, need_b = needs
     batch, out_channels = x_shape[0], weight.shape[0]
@@ -314,11 +325,13 @@ def _patch_gemm_grads(
     if need_w:
         weight_grad = _weight_grad if _is_dtensor(g, x) else _patch_weight_grad
         grad_w = weight_grad(g, x, kernel, not weight_major).view(weight.shape)
+        if channels_last:  # a copy of the (small) weight gradient
+            grad_w = grad_w.contiguous(memory_format=_CHANNELS_LAST[weight.dim()])
     if need_b:
         grad_b = g.sum((0, 2)) if weight_major else g.sum(0)
     if need_x:
         rows = torch.matmul(w.t(), g).transpose(1, 2) if weight_major else torch.mm(g, w).view(batch, length, patch)
-        grad_x = _unpatch_rows(rows, x_shape, kernel)
+        grad_x = _unpatch_rows(rows, x_shape, kernel, channels_last)
     return grad_x, grad_w, grad_b
 
 
@@ -456,6 +469,17 @@ def _known(condition: Any) -> bool:
 
 def _is_multiple_of_8(size: Any) -> bool:
     return _known(size % 8 == 0)
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _channels_last_strided(x: torch.Tensor) -> bool:
+    """Whether a 4-d or 5-d ``x`` of static sizes has channels-last strides (and not contiguous ones too)."""
+    fmt = _CHANNELS_LAST.get(x.dim())
+    if fmt is None or not static_sizes((*x.shape, *x.stride())):
+        return False
+    return x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
 
 
 def _is_one(size: Any) -> bool:

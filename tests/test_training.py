@@ -232,3 +232,21 @@ def test_a_data_dependent_batch_compiles_and_trains(entry, monkeypatch):
 
     for got, want in zip(grads(module, wrap), grads(conv, lambda fn: fn)):
         assert (got - want).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("entry", ["convert_", "convert_-aot_eager", "backend"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_gradients_have_the_convs_layout(entry, dims):
+    """A channels-last input: the conv returns its input's and weight's gradients channels-last (autograd.grad hands
+    them out as they are; only .grad accumulation would restride them)."""
+    torch.manual_seed(0)
+    conv = (nn.Conv2d(3, 8, 2, stride=2) if dims == 2 else nn.Conv3d(3, 8, 2, stride=2)).double()
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    x = torch.randn(2, 3, *[8] * dims, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    module, wrap = _rewritten_entries(conv)[entry]
+    torch._dynamo.reset()
+    got = torch.autograd.grad(wrap(module)(x).square().sum(), [x, module.weight])
+    want = torch.autograd.grad(conv(x).square().sum(), [x, conv.weight])
+    for g, w in zip(got, want):
+        assert (g - w).abs().max().item() <= 1e-10
+        assert g.stride() == w.stride()
