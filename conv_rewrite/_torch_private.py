@@ -106,7 +106,8 @@ def _ask_aten(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     dims = weight.dim() - 2
     zeros = [0] * dims
     kernel = list(weight.shape[2:])
-    with disable_proxy_modes_tracing():
+    untraced = disable_proxy_modes_tracing() if proxy_tracing() else contextlib.nullcontext()
+    with untraced, _run_time_conv_backends():
         backend = torch._C._select_conv_backend(x, weight, bias, kernel, zeros, [1] * dims, transposed, zeros, 1)
         x_2d, weight_2d = x, weight
         if dims == 1:  # as ATen views a 1-d conv's contiguous input (a meta stand-in spares an eager copy)
@@ -114,6 +115,23 @@ def _ask_aten(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
             weight_2d = weight.unsqueeze(2)
         fmt = torch._C._conv_determine_backend_memory_format(x_2d, weight_2d, backend)
     return fmt in (torch.channels_last, torch.channels_last_3d)
+
+
+@contextlib.contextmanager
+def _run_time_conv_backends() -> Iterator[None]:
+    """Under torch.export, the conv backends its program meets at run time: export traces with mkldnn, cuDNN and
+    NNPACK turned off (``torch.export._trace._ignore_backend_decomps``, 2.11 and 2.13), where ATen would choose the
+    slow paths' layouts. ``torch.backends.*.set_flags`` returns the flags it replaced (public, same on both)."""
+    if not torch.compiler.is_exporting():
+        yield
+        return
+    backends = (torch.backends.mkldnn, torch.backends.cudnn, torch.backends.nnpack)
+    saved = [backend.set_flags(True) for backend in backends]
+    try:
+        yield
+    finally:
+        for backend, flags in zip(backends, saved):
+            backend.set_flags(*flags)
 
 
 def static_sizes(sizes: Any) -> bool:

@@ -62,11 +62,16 @@ def patchify_conv(
     if autotune and should_autotune(x, weight, form):
         return patch_conv(x, weight, bias)
     eager, plain = _eager(), _plain_autograd()
+    if plain and not torch.compiler.is_exporting() and form in _FOLDED:
+        # torch.func and forward-mode AD differentiate the ops themselves: the folded weight's gradient would be a
+        # slice of the folded matrix (strides other than the conv's); a pointwise op adds the bias instead
+        form = _FOLDED[form]
     reverse = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if reverse and not plain:
         if eager:
             return _PatchGemm.apply(x, weight, bias, form, True)
-        return _as_output(_PatchGemm.apply(x, weight, bias, form, False), x.shape, weight, form)
+        y = _PatchGemm.apply(x, weight, bias, form, False)
+        return _as_output(y, x.shape, weight, form) if form == FREE_VIEW else y
     y = _patch_gemm(x, weight, bias, form)
     # where no derivative flows, detach(): the same tensor, not a view (the conv's output is none: in-place ops after
     # no_grad and detach_() on it must work)
@@ -168,13 +173,19 @@ def _gemm_result(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y.clone(memory_format=torch.contiguous_format)
 
 
+def _out_shape(x_shape: Sequence[Any], weight: torch.Tensor) -> list[Any]:
+    """The conv's output sizes (B, O, o1..oN) for an ``x`` of sizes ``x_shape``."""
+    return [x_shape[0], weight.shape[0], *[x_shape[2 + i] // weight.shape[2 + i] for i in range(weight.dim() - 2)]]
+
+
 def _as_output(y: torch.Tensor, x_shape: Sequence[Any], weight: torch.Tensor, form: str) -> torch.Tensor:
     """``_gemm_result``'s tensor (or its gradient) viewed as the conv's (B, O, o1..oN) output of an ``x`` of sizes
     ``x_shape`` (no data moves)."""
     n = weight.dim() - 2
     out_sizes = [x_shape[2 + i] // weight.shape[2 + i] for i in range(n)]
     if form == FREE_VIEW:
-        return y.view(x_shape[0], *out_sizes, weight.shape[0]).permute(0, n + 1, *range(1, n + 1))
+        y = y if y.dim() == n + 2 else y.view(x_shape[0], *out_sizes, weight.shape[0])
+        return y.permute(0, n + 1, *range(1, n + 1))
     if form == FREE_CLONE:
         return y
     return y.view(x_shape[0], weight.shape[0], *out_sizes)
@@ -272,7 +283,13 @@ class _PatchGemm(torch.autograd.Function):
     ) -> torch.Tensor:
         if eager:
             return _patch_gemm(x, weight, bias, form).detach()
-        return _gemm_result(x, weight, bias, form)
+        y = _gemm_result(x, weight, bias, form)
+        if form == FREE_CLONE:
+            return y
+        shape = _out_shape(x.shape, weight)
+        if form == FREE_VIEW:  # (B, o1..oN, O): the caller permutes it
+            shape = [shape[0], *shape[2:], shape[1]]
+        return torch.ops.aten._unsafe_view(y, shape)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -288,7 +305,7 @@ class _PatchGemm(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
-        if not ctx.eager:  # the gradient of the GEMM's result: viewed as the output's, as the caller viewed it
+        if not ctx.eager and ctx.form == FREE_VIEW:  # the gradient of the GEMM's result, as the caller viewed it
             grad = _as_output(grad, ctx.x_shape, weight, ctx.form)
         grads = _patch_gemm_grads(grad, x, weight, needs, ctx.form in WEIGHT_FORMS, ctx.x_shape, ctx.channels_last)
         return (*grads, None, None)
@@ -341,6 +358,7 @@ WEIGHT_MM, WEIGHT_BMM = "weight @ rows^T", "batched weight @ rows^T"  # the bias
 WEIGHT_MM_ADD, WEIGHT_BMM_ADD = "weight @ rows^T, + bias", "batched weight @ rows^T, + bias"  # a pointwise op writes
 WEIGHT_MM_ALL_ADD = "weight @ every sample's rows^T, + bias"  # one 2-d GEMM, (O, B*L), permuted by the pointwise op
 WEIGHT_FORMS = (WEIGHT_MM, WEIGHT_BMM, WEIGHT_MM_ADD, WEIGHT_BMM_ADD, WEIGHT_MM_ALL_ADD)
+_FOLDED = {WEIGHT_MM: WEIGHT_MM_ADD, WEIGHT_BMM: WEIGHT_BMM_ADD}  # each bias-folding form and its "+ bias" twin
 
 
 def contiguous_form(batch: Any, length: Any, patch: int, out_channels: int, padded_buffers: bool = True) -> str:
@@ -615,7 +633,7 @@ def patchify_conv_channels_last(
     for d in reversed(order):
         strides[d] = step
         step = step * y.shape[d]
-    return torch.empty_strided(y.shape, strides, dtype=y.dtype, device=y.device).copy_(y)
+    return y.new_empty_strided(y.shape, strides).copy_(y)  # new_: a DTensor's result stays one
 
 
 def unpatchify_conv_transpose_like_conv(

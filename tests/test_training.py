@@ -250,3 +250,43 @@ def test_gradients_have_the_convs_layout(entry, dims):
     for g, w in zip(got, want):
         assert (g - w).abs().max().item() <= 1e-10
         assert g.stride() == w.stride()
+
+
+@pytest.mark.parametrize("entry", ["convert_-aot_eager", "convert_-inductor", "backend"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_returned_contiguous_output_is_no_view(entry, batch, no_inductor_cache):
+    """As the conv's: a compiled graph's returned output (here with a token view of it) is a tensor of its own, so
+    detach_() works on it. The weight-major forms end in a view of the GEMM's result; the Function returns it as an
+    _unsafe_view, not a view."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 16, 2, stride=2)
+    x = torch.randn(batch, 3, 6, 6, requires_grad=True)
+    module, wrap = _rewritten_entries(conv)[entry]
+    torch._dynamo.reset()
+    y, tokens = wrap(lambda t: (lambda y: (y, y.flatten(2).transpose(1, 2)))(module(t)))(x)
+    want = conv(x)
+    assert y._base is None and y.stride() == want.stride()
+    assert (y - want).abs().max().item() <= 1e-5
+    y.detach_()
+
+
+def test_torch_func_gradients_have_the_convs_strides():
+    """torch.func differentiates the ops themselves: a bias folded into the weight would make the weight's gradient
+    a slice of the folded matrix. O > K and L a multiple of 8: the form that folds it."""
+    import copy
+
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(0)
+    conv = nn.Conv1d(3, 8, 2, stride=2).double()
+    converted = copy.deepcopy(conv)
+    conv_rewrite.convert_(converted, policy="always")
+    x = torch.randn(2, 3, 32, dtype=torch.float64)
+
+    def grads(m: nn.Module) -> dict:
+        return grad(lambda p: functional_call(m, p, (x,)).sin().sum())(dict(m.named_parameters()))
+
+    got, want = grads(converted), grads(conv)
+    for name in want:
+        assert (got[name] - want[name]).abs().max().item() <= 1e-10
+        assert got[name].stride() == want[name].stride(), name
