@@ -134,6 +134,12 @@ def _run_time_conv_backends() -> Iterator[None]:
             backend.set_flags(*flags)
 
 
+def unsafe_view(t: torch.Tensor, shape: Any) -> torch.Tensor:
+    """``t.view(shape)`` that autograd and AOTAutograd treat as a tensor of its own, not a view (what reshape and
+    matmul return): ``aten._unsafe_view``, same on 2.11 and 2.13."""
+    return torch.ops.aten._unsafe_view(t, shape)
+
+
 def static_sizes(sizes: Any) -> bool:
     """Whether every size is known, without a guard. Dynamo passes a symbolic size off as an int (``isinstance`` and
     ``type`` say int while it traces); ``has_static_value`` (torch.fx.experimental.symbolic_shapes, public, checked

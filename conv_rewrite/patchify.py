@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._torch_private import static_sizes
+from ._torch_private import static_sizes, unsafe_view
 
 
 def patchify_conv(
@@ -289,7 +289,7 @@ class _PatchGemm(torch.autograd.Function):
         shape = _out_shape(x.shape, weight)
         if form == FREE_VIEW:  # (B, o1..oN, O): the caller permutes it
             shape = [shape[0], *shape[2:], shape[1]]
-        return torch.ops.aten._unsafe_view(y, shape)
+        return unsafe_view(y, shape)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
