@@ -210,10 +210,14 @@ def test_eager_output_without_grad_is_no_view(out_channels, memory_format):
 
 
 @pytest.mark.parametrize("entry", ["convert_-aot_eager", "backend"])
-def test_a_data_dependent_batch_compiles_and_trains(entry, monkeypatch):
+def test_a_data_dependent_batch_compiles_and_trains(entry):
     """x[:n.item()]: the backward reads no size off its tensors (a data-dependent size there fails AOTAutograd's
     partitioner, torch 2.13)."""
-    monkeypatch.setattr(torch._dynamo.config, "capture_scalar_outputs", True)
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        _data_dependent_batch(entry)
+
+
+def _data_dependent_batch(entry: str) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 8, 2, stride=2).double()
     module, wrap = _rewritten_entries(conv)[entry]
