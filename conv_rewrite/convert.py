@@ -17,7 +17,7 @@ import torch.nn as nn
 from .decide import Decision, decide
 from .normalize import ConvCall, module_conv_call
 from .options import Options, make_options
-from .patchify import patchify_conv_like_conv
+from .patchify import patchify_conv_like_conv, plain_autograd
 from .record import record
 from .replace import AS_CONV
 from .report import Report, ReportRow
@@ -77,15 +77,9 @@ def converted_conv(
     The plain ops run directly under torch.export (it keeps such ops: its program must load without this library)
     and under torch.func transforms and forward-mode AD (the op has no batching rule: vmap would run it per sample).
     """
-    if torch.compiler.is_exporting() or _transformed():
+    if plain_autograd():
         return _converted_conv_kernel(x, weight, bias, padding, padding_mode)
     return torch.ops.conv_rewrite.converted_conv(x, weight, bias, list(padding), padding_mode, _SOURCE)
-
-
-def _transformed() -> bool:
-    from ._torch_private import forward_ad_or_functorch
-
-    return not torch.compiler.is_dynamo_compiling() and forward_ad_or_functorch()
 
 
 def _converted_forward(call: ConvCall) -> Callable[..., torch.Tensor]:

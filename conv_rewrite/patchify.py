@@ -13,7 +13,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._torch_private import static_sizes, unsafe_view
+from ._torch_private import (
+    autotune_custom_op,
+    conv_returns_channels_last,
+    forward_ad_or_functorch,
+    proxy_tracing,
+    size_oblivious,
+    static_sizes,
+    unsafe_view,
+)
 
 
 def patchify_conv(
@@ -61,7 +69,7 @@ def patchify_conv(
     form = contiguous_form(x.shape[0], length, patch, weight.shape[0], traced) if contiguous_output else FREE_VIEW
     if autotune and should_autotune(x, weight, form):
         return patch_conv(x, weight, bias)
-    eager, plain = _eager(), _plain_autograd()
+    eager, plain = _eager(), plain_autograd()
     if plain and not torch.compiler.is_exporting() and form in _FOLDED:
         # torch.func and forward-mode AD differentiate the ops themselves: the folded weight's gradient would be a
         # slice of the folded matrix (strides other than the conv's); a pointwise op adds the bias instead
@@ -100,8 +108,6 @@ def _symbolic_patch_rows(x: torch.Tensor, kernel: Sequence[Any]) -> torch.Tensor
     decides nothing (reshape would ask whether it can view). Fake tensors still decide whether each view is
     contiguous (for a 1-d conv: whether L is a multiple of k): ``size_oblivious`` keeps that from becoming a guard,
     which would be a graph per parity, or an exported program that fails on every other length."""
-    from ._torch_private import size_oblivious
-
     n = len(kernel)
     batch, channels = x.shape[0], x.shape[1]
     length = math.prod([x.shape[2 + i] // kernel[i] for i in range(n)])
@@ -182,13 +188,13 @@ def _as_output(y: torch.Tensor, x_shape: Sequence[Any], weight: torch.Tensor, fo
     """``_gemm_result``'s tensor (or its gradient) viewed as the conv's (B, O, o1..oN) output of an ``x`` of sizes
     ``x_shape`` (no data moves)."""
     n = weight.dim() - 2
-    out_sizes = [x_shape[2 + i] // weight.shape[2 + i] for i in range(n)]
+    shape = _out_shape(x_shape, weight)
     if form == FREE_VIEW:
-        y = y if y.dim() == n + 2 else y.view(x_shape[0], *out_sizes, weight.shape[0])
+        y = y if y.dim() == n + 2 else y.view(shape[0], *shape[2:], shape[1])
         return y.permute(0, n + 1, *range(1, n + 1))
     if form == FREE_CLONE:
         return y
-    return y.view(x_shape[0], weight.shape[0], *out_sizes)
+    return y.view(shape)
 
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel: list[int], tokens_major: bool) -> torch.Tensor:
@@ -246,13 +252,11 @@ def _is_dtensor(*tensors: torch.Tensor) -> bool:
     return module is not None and any(isinstance(t, module.DTensor) for t in tensors)
 
 
-def _plain_autograd() -> bool:
+def plain_autograd() -> bool:
     """Whether the plain ops' own derivative formulas serve, not the Function (which only saves memory in reverse
     mode): under torch.export, whose program autograd later differentiates op by op (strict export would trace the
     Function's forward under no_grad and drop its backward), and where forward-mode AD or a torch.func transform runs
     (the Function has no jvp: Dynamo cannot trace a Function with one)."""
-    from ._torch_private import forward_ad_or_functorch
-
     if torch.compiler.is_exporting():
         return True
     return not torch.compiler.is_dynamo_compiling() and forward_ad_or_functorch()
@@ -260,8 +264,6 @@ def _plain_autograd() -> bool:
 
 def _eager() -> bool:
     """Whether this runs eagerly: not in a torch.compile trace (Dynamo's, AOTAutograd's) nor a make_fx trace."""
-    from ._torch_private import proxy_tracing
-
     return not torch.compiler.is_compiling() and not proxy_tracing()
 
 
@@ -271,9 +273,10 @@ class _PatchGemm(torch.autograd.Function):
     than the conv: autograd would otherwise keep the patch matrix, an input-sized copy (VideoMAE: 3x the conv's).
 
     Its output is never a view made inside it: autograd forbids in-place ops on such views (the conv's output allows
-    them). ``eager``: the output, detached (the same tensor, not a view); traced: the GEMM's own result, which the
-    caller views as the output, so that every alias of the output a compiled graph returns stays differentiable
-    (AOTAutograd rebuilds a returned alias from its base: a detached base would cut its gradient)."""
+    them). ``eager``: the output, detached (the same tensor, not a view). Traced: the GEMM's result as an
+    ``_unsafe_view`` (a tensor of its own): the output itself for the contiguous forms, (B, o1..oN, O) for the free
+    view, which the caller permutes. A detached output would cut the gradient of every alias of it a compiled graph
+    returns (AOTAutograd rebuilds those from their base)."""
 
     generate_vmap_rule = True
 
@@ -424,9 +427,7 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch
     # every graph that holds the op was traced through here, before Inductor lowers it; Dynamo runs fake kernels
     # without tracing them, so the registration adds no graph break to a compiled caller
     register_autotuning()
-    n = weight.dim() - 2
-    shape = (x.shape[0], weight.shape[0], *(x.shape[2 + i] // weight.shape[2 + i] for i in range(n)))
-    return torch.empty(shape, dtype=x.dtype, device=x.device)
+    return torch.empty(_out_shape(x.shape, weight), dtype=x.dtype, device=x.device)
 
 
 def _patch_conv_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
@@ -470,8 +471,6 @@ AUTOTUNED_FORMS = (patch_conv_weight_gemm_add, patch_conv_weight_mm_over_samples
 def register_autotuning() -> None:
     """Make Inductor lower ``patch_conv`` to the fastest of the conv and ``AUTOTUNED_FORMS``, timed at compile time
     (once per process; loads Inductor)."""
-    from ._torch_private import autotune_custom_op
-
     autotune_custom_op(patch_conv, AUTOTUNED_FORMS)
 
 
@@ -597,8 +596,6 @@ def patchify_conv_like_conv(
     For graphs and modules that record no layout information: the layout is chosen at run time, on the padded
     input, the way ATen chooses it for the conv (contiguous, or channels-last for channels-last inputs).
     """
-    from ._torch_private import conv_returns_channels_last
-
     if x.dim() == weight.dim() - 1:
         return patchify_conv_like_conv(
             x.unsqueeze(0), weight, bias, padding=padding, padding_mode=padding_mode, autotune=autotune
@@ -606,8 +603,7 @@ def patchify_conv_like_conv(
     x = _pad(x, _check_padding(padding, padding_mode, weight.dim() - 2), padding_mode)
     if not conv_returns_channels_last(x, weight, bias, False):
         return patchify_conv(x, weight, bias, contiguous_output=True, autotune=autotune)
-    sizes = [x.shape[0], weight.shape[0], *[x.shape[2 + i] // weight.shape[2 + i] for i in range(weight.dim() - 2)]]
-    if not _eager() and any(_is_one(size) for size in sizes):
+    if not _eager() and any(_is_one(size) for size in _out_shape(x.shape, weight)):
         # a traced graph may return the result: AOTAutograd restrides the size-1 dims of a returned view
         return patchify_conv_channels_last(x, weight, bias)
     return patchify_conv(x, weight, bias)
@@ -645,8 +641,6 @@ def unpatchify_conv_transpose_like_conv(
     output_padding: Sequence[int] = (),
 ) -> torch.Tensor:
     """``unpatchify_conv_transpose`` with the output strides the transposed conv would return for these inputs."""
-    from ._torch_private import conv_returns_channels_last
-
     if x.dim() == weight.dim() - 1:
         return unpatchify_conv_transpose_like_conv(
             x.unsqueeze(0), weight, bias, padding=padding, output_padding=output_padding
